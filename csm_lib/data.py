@@ -1,0 +1,264 @@
+"""A conversational speech corpus made on the spot with flite: two speakers, many topics, styles.
+
+Why synthesize? Nothing may be downloaded at run time, and a synthetic corpus lets us know the
+truth behind every clip: who speaks, what is said, and how (the style). Each speaker of a
+conversation gets a *speaking style* (pitch level, pitch range, speaking rate) that stays
+fixed for that speaker inside the conversation and changes from one conversation to the next.
+The style is never written in the text, so only the audio of earlier turns reveals it: that is
+exactly what CSM's context is supposed to exploit.
+
+Layout on disk (``root/<key>/``, where ``key`` hashes every generator parameter)::
+
+    manifest.jsonl    one JSON line per turn (see ``Turn``), written last and atomically
+    wav/c00012_03.wav 16 kHz mono PCM, loudness-normalised to -23 dBFS
+
+Build with ``python -m csm_lib.data --hours 1`` (``--hours 10`` for the big corpus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from csm_lib import audio
+from csm_lib.dialogue import make_dialogue
+from csm_lib.progress import progress
+
+GENERATOR_VERSION = 1  # bump when the text or the synthesis changes, so old caches are not reused
+
+# flite's four voices that ship at 16 kHz, with their own pitch as measured with pYIN on a long
+# sentence; rms is a clustergen voice that ignores the int_f0_target_* features (pitch knobs).
+VOICES: dict[str, dict] = {
+    "awb": {"sex": "male", "default_f0": 125.0, "honours_pitch": True},
+    "rms": {"sex": "male", "default_f0": 102.0, "honours_pitch": False},
+    "slt": {"sex": "female", "default_f0": 170.0, "honours_pitch": True},
+    "kal16": {"sex": "male", "default_f0": 90.0, "honours_pitch": True},
+}
+
+DEFAULT_ROOT = Path(os.environ.get("CSM_DATA", Path(__file__).resolve().parents[1] / "data")) / "corpus"
+SECONDS_PER_CONVERSATION = 34.5  # measured mean of the default generator; used to turn hours into sizes
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a speaker talks in one conversation: the flite knobs, as requested.
+
+    f0_mean, f0_std: target pitch level and range in Hz (ignored by voices that do not honour
+    pitch); stretch: duration multiplier (>1 is slower speech).
+    """
+
+    f0_mean: float
+    f0_std: float
+    stretch: float
+
+    def flite_args(self) -> list[str]:
+        return [
+            "--setf", f"int_f0_target_mean={self.f0_mean:.1f}",
+            "--setf", f"int_f0_target_stddev={self.f0_std:.1f}",
+            "--setf", f"duration_stretch={self.stretch:.3f}",
+        ]
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Everything that decides the corpus; its hash names the cache folder."""
+
+    n_conversations: int = 140
+    min_turns: int = 4
+    max_turns: int = 8
+    voices: tuple[str, ...] = ("awb", "rms", "slt", "kal16")
+    pitch_factor: tuple[float, float] = (0.85, 1.20)  # f0_mean = voice default x U(lo, hi)
+    pitch_range: tuple[float, float] = (0.08, 0.20)  # f0_std = f0_mean x U(lo, hi)
+    stretch: tuple[float, float] = (0.85, 1.25)
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    version: int = field(default=GENERATOR_VERSION)
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.voices if v not in VOICES]
+        if unknown:
+            raise ValueError(f"unknown flite voice(s) {unknown}; choose from {sorted(VOICES)}")
+        if len(set(self.voices)) < 2:
+            raise ValueError(f"a two-speaker corpus needs at least 2 distinct voices, got {self.voices}")
+        if self.n_conversations < len(SPLITS):
+            raise ValueError(f"n_conversations must be at least {len(SPLITS)} (one per split), "
+                             f"got {self.n_conversations}")
+        if not 2 <= self.min_turns <= self.max_turns:
+            raise ValueError(f"need 2 <= min_turns <= max_turns, got {self.min_turns}, {self.max_turns}")
+        for name in ("pitch_factor", "pitch_range", "stretch"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must be a range (lo, hi) with 0 < lo <= hi, got {(lo, hi)}")
+        if abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
+            raise ValueError(f"split_fractions must be non-negative and sum to 1, got {self.split_fractions}")
+
+    @classmethod
+    def for_hours(cls, hours: float, **overrides) -> CorpusConfig:
+        """A config whose corpus holds about ``hours`` of speech."""
+        if not hours > 0:
+            raise ValueError(f"hours must be positive, got {hours}")
+        n = max(len(SPLITS), math.ceil(hours * 3600 / SECONDS_PER_CONVERSATION))
+        return cls(n_conversations=n, **overrides)
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return f"v{self.version}-n{self.n_conversations}-" + hashlib.sha1(blob).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One row of the manifest: a turn of a conversation and where its audio lives."""
+
+    conversation: str
+    turn: int
+    speaker: int  # 0 or 1 inside the conversation (CSM's speaker id)
+    voice: str
+    style: Style
+    text: str
+    topic: str
+    split: str
+    wav: str  # path relative to the corpus folder
+    duration: float = 0.0  # seconds, filled in after synthesis
+
+
+def require_flite() -> str:
+    """Path to the flite binary, or a RuntimeError that says how to install it."""
+    path = shutil.which("flite")
+    if path is None:
+        raise RuntimeError(
+            "flite is not installed, and the corpus is synthesised with it. Install it with "
+            "`sudo apt-get install flite` (Debian/Ubuntu) or `brew install flite` (macOS), "
+            "or run `make workbook`, which tries apt-get for you."
+        )
+    return path
+
+
+def synthesize(text: str, voice: str, style: Style | None = None, sr: int = audio.SAMPLE_RATE):
+    """Speak ``text`` with a flite voice: returns float32 audio ``(T,)`` at ``sr`` (16 kHz native).
+
+    ``style=None`` uses the voice's own pitch and rate.
+    """
+    if voice not in VOICES:
+        raise ValueError(f"unknown flite voice {voice!r}; choose from {sorted(VOICES)}")
+    if not text.strip():
+        raise ValueError("cannot synthesize empty text")
+    flite = require_flite()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.wav"
+        args = [flite, "-voice", voice, *(style.flite_args() if style else []), "-t", text, "-o", str(out)]
+        res = subprocess.run(args, capture_output=True, text=True)
+        if res.returncode != 0 or not out.exists():
+            raise RuntimeError(f"flite failed for voice {voice!r}: {res.stderr.strip()}")
+        x, file_sr = audio.load(out, sr=sr)
+    return x, sr
+
+
+def sample_style(voice: str, cfg: CorpusConfig, rng: random.Random) -> Style:
+    """Draw one speaker's style for one conversation."""
+    f0 = VOICES[voice]["default_f0"] * rng.uniform(*cfg.pitch_factor)
+    return Style(f0_mean=round(f0, 1), f0_std=round(f0 * rng.uniform(*cfg.pitch_range), 1),
+                 stretch=round(rng.uniform(*cfg.stretch), 3))
+
+
+def plan(cfg: CorpusConfig) -> list[Turn]:
+    """All turns of the corpus, text and style decided, audio not yet made. Deterministic in cfg."""
+    order = list(range(cfg.n_conversations))
+    random.Random(cfg.seed).shuffle(order)
+    n_train = round(cfg.split_fractions[0] * cfg.n_conversations)
+    n_valid = max(1, round(cfg.split_fractions[1] * cfg.n_conversations))
+    split_of = {c: ("train" if r < n_train else "valid" if r < n_train + n_valid else "test")
+                for r, c in enumerate(order)}
+    turns = []
+    for c in range(cfg.n_conversations):
+        rng = random.Random(f"{cfg.seed}-{c}")  # each conversation is reproducible on its own
+        voices = rng.sample(list(cfg.voices), 2)
+        styles = [sample_style(v, cfg, rng) for v in voices]
+        topic, texts = make_dialogue(rng, rng.randint(cfg.min_turns, cfg.max_turns))
+        cid = f"c{c:05d}"
+        for t, text in enumerate(texts):
+            spk = t % 2
+            turns.append(Turn(cid, t, spk, voices[spk], styles[spk], text, topic, split_of[c],
+                              f"wav/{cid}_{t:02d}.wav"))
+    return turns
+
+
+def _render(job: tuple[Turn, str]) -> float:
+    """Worker: synthesize one turn, normalise its loudness, write it. Returns its duration (s)."""
+    turn, folder = job
+    x, sr = synthesize(turn.text, turn.voice, turn.style)
+    audio.save(Path(folder) / turn.wav, audio.normalize_loudness(x), sr)
+    return len(x) / sr
+
+
+def build(cfg: CorpusConfig = CorpusConfig(), root: str | Path = DEFAULT_ROOT, workers: int | None = None,
+          force: bool = False) -> Path:
+    """Synthesize the corpus for ``cfg`` under ``root/<cfg.key()>`` unless it is already there.
+
+    Returns the corpus folder. The manifest is written last (atomically), so a folder with a
+    manifest is complete; an interrupted build is simply rebuilt.
+    """
+    require_flite()
+    folder = Path(root) / cfg.key()
+    manifest = folder / "manifest.jsonl"
+    if manifest.exists() and not force:
+        return folder
+    turns = plan(cfg)
+    (folder / "wav").mkdir(parents=True, exist_ok=True)
+    workers = workers or os.cpu_count() or 1
+    t0 = time.perf_counter()
+    jobs = [(t, str(folder)) for t in turns]
+    with ProcessPoolExecutor(workers) as pool:
+        durations = list(progress(pool.map(_render, jobs, chunksize=8), total=len(jobs),
+                                  desc="synthesizing turns", unit="turn"))
+    wall = time.perf_counter() - t0
+    rows = [asdict(t) | {"duration": round(d, 4)} for t, d in zip(turns, durations)]
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    info = {"config": asdict(cfg), "turns": len(rows), "hours": sum(durations) / 3600,
+            "build_seconds": wall, "workers": workers,
+            "realtime_factor": sum(durations) / wall}
+    (folder / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, manifest)
+    return folder
+
+
+def load_manifest(folder: str | Path, split: str | None = None) -> list[dict]:
+    """Rows of a built corpus (optionally one split), with ``wav`` made an absolute path."""
+    folder = Path(folder)
+    manifest = folder / "manifest.jsonl"
+    if not manifest.exists():
+        raise FileNotFoundError(f"no corpus at {folder}: build it with `python -m csm_lib.data` first")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for r in rows:
+        r["wav"] = str(folder / r["wav"])
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Build the flite conversational corpus (cached).")
+    p.add_argument("--hours", type=float, default=1.0, help="about how much speech (default 1 h)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--root", default=str(DEFAULT_ROOT))
+    p.add_argument("--force", action="store_true", help="rebuild even when cached")
+    a = p.parse_args(argv)
+    folder = build(CorpusConfig.for_hours(a.hours, seed=a.seed), a.root, a.workers, a.force)
+    print(json.dumps(json.loads((folder / "info.json").read_text()) | {"folder": str(folder)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
