@@ -223,7 +223,7 @@ def build(cfg: CorpusConfig = CorpusConfig(), root: str | Path = DEFAULT_ROOT, w
         durations = list(progress(pool.map(_render, jobs, chunksize=8), total=len(jobs),
                                   desc="synthesizing turns", unit="turn"))
     wall = time.perf_counter() - t0
-    rows = [asdict(t) | {"duration": round(d, 4)} for t, d in zip(turns, durations)]
+    rows = [asdict(t) | {"duration": round(d, 4)} for t, d in zip(turns, durations, strict=True)]
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     info = {"config": asdict(cfg), "turns": len(rows), "hours": sum(durations) / 3600,
