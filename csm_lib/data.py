@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -176,8 +176,8 @@ def plan(cfg: CorpusConfig) -> list[Turn]:
     """All turns of the corpus, text and style decided, audio not yet made. Deterministic in cfg."""
     order = list(range(cfg.n_conversations))
     random.Random(cfg.seed).shuffle(order)
-    n_train = round(cfg.split_fractions[0] * cfg.n_conversations)
-    n_valid = max(1, round(cfg.split_fractions[1] * cfg.n_conversations))
+    n_valid, n_test = (max(1, round(f * cfg.n_conversations)) for f in cfg.split_fractions[1:])
+    n_train = cfg.n_conversations - n_valid - n_test  # every split holds at least one conversation
     split_of = {c: ("train" if r < n_train else "valid" if r < n_train + n_valid else "test")
                 for r, c in enumerate(order)}
     turns = []
@@ -219,8 +219,10 @@ def build(cfg: CorpusConfig = CorpusConfig(), root: str | Path = DEFAULT_ROOT, w
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
     jobs = [(t, str(folder)) for t in turns]
-    with ProcessPoolExecutor(workers) as pool:
-        durations = list(progress(pool.map(_render, jobs, chunksize=8), total=len(jobs),
+    # Threads, not processes: the work is the flite subprocess, which runs outside the GIL, and
+    # forking a process that has already used torch's thread pool can deadlock.
+    with ThreadPoolExecutor(workers) as pool:
+        durations = list(progress(pool.map(_render, jobs), total=len(jobs),
                                   desc="synthesizing turns", unit="turn"))
     wall = time.perf_counter() - t0
     rows = [asdict(t) | {"duration": round(d, 4)} for t, d in zip(turns, durations, strict=True)]
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Build the flite conversational corpus (cached).")
     p.add_argument("--hours", type=float, default=1.0, help="about how much speech (default 1 h)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="parallel flite jobs (default: all cores)")
     p.add_argument("--root", default=str(DEFAULT_ROOT))
     p.add_argument("--force", action="store_true", help="rebuild even when cached")
     a = p.parse_args(argv)

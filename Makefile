@@ -1,0 +1,69 @@
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := setup
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
+
+.PHONY: venv flite setup corpus judges-baseline workbook test lab lint clean-data
+
+## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
+venv: $(STAMP)
+
+# notebooks run on the venv's ipykernel as kernel "python3" (ipykernel ships that spec into
+# .venv/share/jupyter; argv "python" resolves to the venv python). Register it if another spec shadows it.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m jupyter kernelspec list --json \
+	  | $(PY) -c 'import json,os,sys; d=json.load(sys.stdin)["kernelspecs"].get("python3",{}).get("resource_dir",""); sys.exit(0 if os.path.realpath(d).startswith(os.path.realpath(sys.prefix)) else 1)' \
+	  || $(PY) -m ipykernel install --sys-prefix --name python3
+	touch $@
+
+## flite: make sure the flite TTS binary (corpus synthesis) is installed
+flite:
+	@if command -v flite >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y flite; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	  sudo DEBIAN_FRONTEND=noninteractive apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y flite; \
+	else \
+	  echo "flite is required: sudo apt-get install flite (Debian/Ubuntu) or brew install flite (macOS)" >&2; exit 1; \
+	fi
+
+setup: venv flite
+
+corpus: setup
+	$(PY) -m csm_lib.data --hours 1
+
+## judges-baseline: writes results/judges_baseline.json
+judges-baseline: venv
+	$(PY) -m csm_lib.metrics baseline
+
+## workbook: execute every notebook in order, headless, in place (cwd = notebooks/).
+## CSM_PROGRESS=0 so the saved outputs carry no progress bars, matching what `make test` (nbval) produces.
+workbook: setup
+	@shopt -s nullglob; nbs=(notebooks/[0-9][0-9]_*.ipynb); \
+	if [ $${#nbs[@]} -eq 0 ]; then echo "no notebooks/[0-9][0-9]_*.ipynb found" >&2; exit 1; fi; \
+	for nb in $$(printf '%s\n' "$${nbs[@]}" | LC_ALL=C sort); do \
+	  echo "== executing $$nb"; \
+	  CSM_PROGRESS=0 $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=python3 "$$nb"; \
+	done
+
+test: setup
+	$(PY) -m ruff check csm_lib tests $(wildcard scripts)
+	CSM_PROGRESS=0 $(PY) -m pytest -q $(NBVAL_FLAGS) --durations=10 notebooks tests
+
+lab: setup
+	$(PY) -m jupyter lab notebooks/
+
+lint: venv
+	$(PY) -m ruff check
+
+clean-data:
+	rm -rf data/
