@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: venv flite setup corpus judges-baseline workbook test lab lint clean-data
+.PHONY: venv flite setup corpus corpus-bench judges-baseline results workbook test lab lint clean-data
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -40,9 +40,16 @@ setup: venv flite
 corpus: setup
 	$(PY) -m csm_lib.data --hours 1
 
+## corpus-bench: rebuilds the 1 h corpus from scratch and writes its build speed to results/corpus_build.json
+corpus-bench: setup
+	CSM_PROGRESS=0 $(PY) -m csm_lib.data --hours 1 --force --report results/corpus_build.json
+
 ## judges-baseline: writes results/judges_baseline.json
-judges-baseline: venv
-	$(PY) -m csm_lib.metrics baseline
+judges-baseline: setup
+	CSM_PROGRESS=0 $(PY) -m csm_lib.metrics baseline
+
+## results: every results/*.json this repository reports
+results: corpus-bench judges-baseline
 
 ## workbook: execute every notebook in order, headless, in place (cwd = notebooks/).
 ## CSM_PROGRESS=0 so the saved outputs carry no progress bars, matching what `make test` (nbval) produces.
@@ -56,7 +63,7 @@ workbook: setup
 	done
 
 test: setup
-	$(PY) -m ruff check csm_lib tests $(wildcard scripts)
+	$(PY) -m ruff check .
 	CSM_PROGRESS=0 $(PY) -m pytest -q $(NBVAL_FLAGS) --durations=10 notebooks tests
 
 lab: setup

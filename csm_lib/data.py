@@ -35,7 +35,7 @@ from csm_lib import audio
 from csm_lib.dialogue import make_dialogue
 from csm_lib.progress import progress
 
-GENERATOR_VERSION = 1  # bump when the text or the synthesis changes, so old caches are not reused
+GENERATOR_VERSION = 2  # bump when the text or the synthesis changes, so old caches are not reused
 
 # flite's four voices that ship at 16 kHz, with their own pitch as measured with pYIN on a long
 # sentence; rms is a clustergen voice that ignores the int_f0_target_* features (pitch knobs).
@@ -250,16 +250,37 @@ def load_manifest(folder: str | Path, split: str | None = None) -> list[dict]:
     return [r for r in rows if split is None or r["split"] == split]
 
 
+def conversation_audio(rows: list[dict], conversation: str, gap_s: float = 0.3) -> tuple:
+    """The turns of one conversation joined into one clip ``(T,)`` with ``gap_s`` of silence between."""
+    import torch
+
+    turns = sorted((r for r in rows if r["conversation"] == conversation), key=lambda r: r["turn"])
+    if not turns:
+        raise ValueError(f"no turns of conversation {conversation!r} in these rows")
+    gap = torch.zeros(int(gap_s * audio.SAMPLE_RATE))
+    return torch.cat([torch.cat([audio.load(r["wav"])[0], gap]) for r in turns])[: -len(gap) or None], audio.SAMPLE_RATE
+
+
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description="Build the flite conversational corpus (cached).")
     p.add_argument("--hours", type=float, default=1.0, help="about how much speech (default 1 h)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="parallel flite jobs (default: all cores)")
     p.add_argument("--root", default=str(DEFAULT_ROOT))
     p.add_argument("--force", action="store_true", help="rebuild even when cached")
+    p.add_argument("--report", default=None, help="also write the build info to this JSON file")
     a = p.parse_args(argv)
     folder = build(CorpusConfig.for_hours(a.hours, seed=a.seed), a.root, a.workers, a.force)
-    print(json.dumps(json.loads((folder / "info.json").read_text()) | {"folder": str(folder)}, indent=2))
+    info = json.loads((folder / "info.json").read_text()) | {"corpus": folder.name}
+    if a.report:
+        report = Path(a.report)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        command = "python -m csm_lib.data " + " ".join(argv)
+        report.write_text(json.dumps(info | {"command": command}, indent=2) + "\n")
+    print(json.dumps({k: info[k] for k in ("corpus", "turns", "hours", "build_seconds", "realtime_factor")}, indent=2))
 
 
 if __name__ == "__main__":

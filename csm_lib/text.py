@@ -92,3 +92,15 @@ class TextTokenizer:
         if not path.exists():
             raise FileNotFoundError(f"no tokenizer at {path}; train one with TextTokenizer.train(texts)")
         return cls(Tokenizer.from_file(str(path)))
+
+
+def corpus_tokenizer(folder: str | Path, vocab_size: int = 1024) -> TextTokenizer:
+    """The tokenizer of a built corpus: trained on its train split once, then loaded from the cache."""
+    from csm_lib.data import load_manifest
+
+    path = Path(folder) / f"tokenizer-{vocab_size}.json"
+    if path.exists():
+        return TextTokenizer.load(path)
+    tok = TextTokenizer.train([r["text"] for r in load_manifest(folder, "train")], vocab_size)
+    tok.save(path)
+    return tok
