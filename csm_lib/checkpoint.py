@@ -1,0 +1,84 @@
+"""Checkpoints: ``name.safetensors`` (tensors only) plus ``name.json`` (config, provenance, metrics).
+
+Both files are written to a temporary name and renamed, JSON last, so a reader that finds the
+JSON finds complete weights. No pickle is involved: safetensors holds tensors and nothing that
+could run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix + ".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save(path: str | Path, state: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype | None = None) -> Path:
+    """Write ``path`` (.safetensors) and its JSON sidecar atomically. ``dtype`` casts float tensors."""
+    path = Path(path).with_suffix(".safetensors")
+    tensors = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    return path
+
+
+def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a checkpoint written by :func:`save`: ``(tensors as float32 where floating, meta)``."""
+    path = Path(path).with_suffix(".safetensors")
+    sidecar = path.with_suffix(".json")
+    if not path.exists() or not sidecar.exists():
+        raise FileNotFoundError(f"checkpoint {path} or its sidecar {sidecar.name} is missing")
+    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    return tensors, json.loads(sidecar.read_text())
+
+
+def git_commit() -> str:
+    """The repository's commit (``CSM_COMMIT`` overrides it, for copies without ``.git``)."""
+    if os.environ.get("CSM_COMMIT"):
+        return os.environ["CSM_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        commit = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: str | torch.device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def provenance(module: str, device: str | torch.device) -> dict:
+    """Where a checkpoint came from: the exact command, commit, device and library versions."""
+    return {"command": " ".join(["python -m", module, *sys.argv[1:]]),
+            "commit": git_commit(), "device": device_name(device), "torch": torch.__version__,
+            "python": platform.python_version()}
