@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchaudio.functional as AF
 import torchaudio.transforms as AT
 
 from csm_lib.quantize import SplitRVQ
@@ -310,31 +311,31 @@ class StreamingDecoder:
 # ----------------------------------------------------------------------------- losses
 
 class ReconstructionLoss(nn.Module):
-    """Multi-resolution log-mel L1 plus multi-resolution STFT (log-magnitude L1 + spectral convergence).
+    """Multi-resolution STFT loss: log-magnitude L1, spectral convergence and log-mel L1 per window size.
 
     Several window sizes force both fine time detail and fine frequency detail; comparing
     magnitudes at resolutions other than the synthesis one also keeps the predicted phases
-    consistent from frame to frame.
+    consistent from frame to frame. One STFT per resolution serves all three terms.
     """
 
     def __init__(self, sample_rate: int = 16_000, resolutions: tuple[int, ...] = (256, 512, 1024)):
         super().__init__()
-        self.mels = nn.ModuleList(
-            AT.MelSpectrogram(sample_rate=sample_rate, n_fft=n, hop_length=n // 4, n_mels=n // 8,
-                              power=1.0) for n in resolutions)
         self.resolutions = resolutions
         for n in resolutions:
             self.register_buffer(f"win{n}", torch.hann_window(n), persistent=False)
+            fb = AF.melscale_fbanks(n // 2 + 1, 0.0, sample_rate / 2, n // 8, sample_rate)  # (n_freq, n_mels)
+            self.register_buffer(f"fb{n}", fb, persistent=False)
 
     def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        mel = sum(F.l1_loss(m(y_hat).clamp_min(1e-5).log(), m(y).clamp_min(1e-5).log()) for m in self.mels)
-        stft = y.new_zeros(())
+        mel, stft = y.new_zeros(()), y.new_zeros(())
         for n in self.resolutions:
-            w = getattr(self, f"win{n}")
-            S_hat = torch.stft(y_hat, n, n // 4, window=w, return_complex=True).abs()
+            w, fb = getattr(self, f"win{n}"), getattr(self, f"fb{n}")
+            S_hat = torch.stft(y_hat, n, n // 4, window=w, return_complex=True).abs()  # (B, n_freq, frames)
             S = torch.stft(y, n, n // 4, window=w, return_complex=True).abs()
             sc = torch.linalg.norm(S - S_hat) / torch.linalg.norm(S).clamp_min(1e-5)
             stft = stft + sc + F.l1_loss(S_hat.clamp_min(1e-5).log(), S.clamp_min(1e-5).log())
+            M_hat, M = (fb.t() @ S_hat).clamp_min(1e-5).log(), (fb.t() @ S).clamp_min(1e-5).log()
+            mel = mel + F.l1_loss(M_hat, M)
         n = len(self.resolutions)
         return {"mel": mel / n, "stft": stft / n}
 

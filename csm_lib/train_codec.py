@@ -189,7 +189,7 @@ def train(cfg: TrainConfig) -> Path:
     wall = time.perf_counter() - t0
     valid = validate(model, loss_fn, valid_clips, crop, cfg, device)
     meta = {"kind": "codec", "config": asdict(ccfg), "train": asdict(cfg) | {"steps": total},
-            "provenance": checkpoint.provenance("csm_lib.train_codec train", device),
+            "provenance": checkpoint.provenance("csm_lib.train_codec", device),
             "data": {"corpus": folder.name, "corpus_config": asdict(corpus_cfg), "train_hours": train_clips.hours,
                      "train_turns": len(train_clips.audio)},
             "steps": total, "stopped_early": stopped_early, "wall_time_s": round(wall, 1),
