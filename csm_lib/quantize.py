@@ -33,17 +33,25 @@ import torch.nn.functional as F
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> torch.Tensor:
-    """Lloyd's k-means on ``x`` (N, D); returns centroids (k, D).
+    """Lloyd's k-means on ``x`` (N, D) with k-means++ seeding; returns centroids (k, D).
 
-    Seeded with k distinct random data points (with replacement if N < k). An empty cluster
-    keeps its previous centroid.
+    k-means++ picks each new seed with probability proportional to its squared distance from
+    the seeds so far, which avoids most bad local optima of a uniform random start. An empty
+    cluster keeps its previous centroid.
     """
     if x.dim() != 2:
         raise ValueError(f"kmeans expects (N, D) vectors, got shape {tuple(x.shape)}")
     g = torch.Generator().manual_seed(seed)
-    n = x.shape[0]
-    idx = torch.randperm(n, generator=g)[:k] if n >= k else torch.randint(n, (k,), generator=g)
-    centroids = x[idx.to(x.device)].clone()
+    x = x.float()
+    first = int(torch.randint(x.shape[0], (1,), generator=g))
+    centroids = [x[first]]
+    d2 = (x - x[first]).pow(2).sum(1)  # (N,) squared distance to the nearest seed
+    for _ in range(1, k):
+        weights = d2.cpu() if float(d2.sum()) > 0 else torch.ones(x.shape[0])
+        i = int(torch.multinomial(weights, 1, generator=g))
+        centroids.append(x[i])
+        d2 = torch.minimum(d2, (x - x[i]).pow(2).sum(1))
+    centroids = torch.stack(centroids)
     for _ in range(iters):
         assign = torch.cdist(x, centroids).argmin(dim=1)  # (N,)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)

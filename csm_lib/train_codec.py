@@ -144,6 +144,7 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     device = torch.device(cfg.device)
+    origin = checkpoint.provenance("csm_lib.train_codec", device)  # the code as it is when training starts
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     ccfg = PRESETS[cfg.preset]
@@ -189,7 +190,7 @@ def train(cfg: TrainConfig) -> Path:
     wall = time.perf_counter() - t0
     valid = validate(model, loss_fn, valid_clips, crop, cfg, device)
     meta = {"kind": "codec", "config": asdict(ccfg), "train": asdict(cfg) | {"steps": total},
-            "provenance": checkpoint.provenance("csm_lib.train_codec", device),
+            "provenance": origin,
             "data": {"corpus": folder.name, "corpus_config": asdict(corpus_cfg), "train_hours": train_clips.hours,
                      "train_turns": len(train_clips.audio)},
             "steps": total, "stopped_early": stopped_early, "wall_time_s": round(wall, 1),
