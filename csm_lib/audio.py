@@ -8,6 +8,7 @@ torchcodec, which we do not need); resampling and mel features use ``torchaudio`
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -99,3 +100,28 @@ def mel_spectrogram(
         f_min=0.0, f_max=sr / 2, power=2.0, center=True,
     )
     return torch.log(mel(audio.float()) + 1e-5)
+
+
+@functools.cache
+def _mel_pinv(n_fft: int, n_mels: int, sr: int) -> torch.Tensor:
+    """Pseudo-inverse of the mel filterbank: ``(n_fft // 2 + 1, n_mels)``, least-squares undoing of it."""
+    fb = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sr / 2, n_mels, sr)  # (n_freq, n_mels)
+    return torch.linalg.pinv(fb.t())
+
+
+def mel_to_audio(log_mel: torch.Tensor, sr: int = SAMPLE_RATE, hop_ms: float = 10.0, win_ms: float = 25.0,
+                 n_iter: int = 32) -> torch.Tensor:
+    """Invert :func:`mel_spectrogram`: ``(n_mels, frames)`` log-mel -> ``(T,)`` audio by Griffin-Lim.
+
+    The mel filterbank is undone by least squares (non-negative), then Griffin-Lim guesses the
+    phase that the magnitude spectrogram dropped (``n_iter`` iterations). Good enough to hear
+    what a mel representation keeps; a neural decoder does much better.
+    """
+    hop = int(sr * hop_ms / 1000)
+    win = int(sr * win_ms / 1000)
+    n_fft = 1 << (win - 1).bit_length()
+    power_mel = (log_mel.float().exp() - 1e-5).clamp_min(0)
+    spec = (_mel_pinv(n_fft, log_mel.shape[-2], sr) @ power_mel).clamp_min(0)  # (n_freq, frames)
+    gl = AT.GriffinLim(n_fft=n_fft, win_length=win, hop_length=hop, power=2.0, n_iter=n_iter,
+                       rand_init=False)
+    return gl(spec)

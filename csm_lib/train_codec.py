@@ -159,7 +159,8 @@ def train(cfg: TrainConfig) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.8, 0.99), weight_decay=0.01)
     crop = int(cfg.crop_s * ccfg.sample_rate) // ccfg.samples_per_frame * ccfg.samples_per_frame
     total, history, t0 = cfg.steps, [], time.perf_counter()
-    step, bar = 0, None
+    step = 0
+    bar = progress(range(total), desc="training codec") if total else None
     stopped_early, t_mark = False, t0
     while total == 0 or step < total:
         if time.perf_counter() - t0 > 1.25 * cfg.minutes * 60 and cfg.steps == 0:
@@ -229,11 +230,9 @@ def load_codec(path: str | Path, device: str = "cpu") -> tuple[Codec, dict]:
 # ----------------------------------------------------------------------------- evaluation
 
 def mel_distance(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean absolute difference of 80-band log-mel spectrograms (natural log) of two ``(T,)`` clips."""
+    """Mean absolute difference of 80-band log-mel spectrograms (natural log of power) of two ``(T,)`` clips."""
     n = min(len(x), len(y))
-    mx = A.mel_spectrogram(x[:n], A.SAMPLE_RATE).clamp_min(1e-5).log()
-    my = A.mel_spectrogram(y[:n], A.SAMPLE_RATE).clamp_min(1e-5).log()
-    return float((mx - my).abs().mean())
+    return float((A.mel_spectrogram(x[:n]) - A.mel_spectrogram(y[:n])).abs().mean())
 
 
 def pesq_stoi(ref: torch.Tensor, deg: torch.Tensor) -> tuple[float, float]:
