@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: venv flite setup corpus corpus-bench judges-baseline results workbook test lab lint clean-data
+.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval results workbook test lab lint clean-data
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -48,8 +48,18 @@ corpus-bench: setup
 judges-baseline: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.metrics baseline
 
+## codec: retrain the reference codec -> checkpoints/codec_reference.{safetensors,json}
+## (about an hour on 2 CPU cores; builds a separate 2 h training corpus and its phone alignments first)
+codec: setup
+	$(PY) -m csm_lib.train_codec train --preset=reference --hours=2 --batch=8 --steps=6000 \
+	  --out=checkpoints/codec_reference
+
+## codec-eval: judge the reference codec on the test split -> results/codec.json
+codec-eval: setup
+	CSM_PROGRESS=0 $(PY) -m csm_lib.train_codec eval --checkpoint=checkpoints/codec_reference
+
 ## results: every results/*.json this repository reports
-results: corpus-bench judges-baseline
+results: corpus-bench judges-baseline codec-eval
 
 ## workbook: execute every notebook in order, headless, in place (cwd = notebooks/).
 ## CSM_PROGRESS=0 so the saved outputs carry no progress bars, matching what `make test` (nbval) produces.
