@@ -16,6 +16,10 @@ information, a fraction of the compute. Every convolution is causal (it sees onl
 so the decoder can run frame by frame with carried state (:class:`StreamingDecoder`) and give
 exactly what offline decoding gives.
 
+Input level matters: the codec is trained on corpus audio normalised to -23 dBFS
+(``audio.normalize_loudness``). Normalise other audio the same way before encoding: a clip
+8 dB louder reconstructs measurably worse (log-mel distance 1.0 instead of 0.64).
+
 Shapes: B batch, T samples, M mel frames (100 Hz), F codec frames, K codebooks, D latent width.
 """
 

@@ -98,10 +98,12 @@ def test_reference_codec_streams_real_speech_exactly():
 
     codec, meta = load_codec(REFERENCE)
     x, _ = data.synthesize("The weather was lovely, so we walked along the river.", "slt")
+    x = data.audio.normalize_loudness(x)  # the codec was trained on corpus audio at -23 dBFS
     codes = codec.encode(x[None])
     offline = codec.decode(codes)
     dec = StreamingDecoder(codec)
     streamed = torch.cat([dec.push(codes[..., f:f + 1]) for f in range(codes.shape[-1])] + [dec.flush()], -1)
     assert (streamed - offline).abs().max() <= 1e-4
-    assert mel_distance(x[: offline.shape[-1]], offline[0]) < 0.6  # a real reconstruction, not noise
+    # test-split mean is 0.65 (results/codec.json); white noise at a speech level scores about 6.5
+    assert mel_distance(x[: offline.shape[-1]], offline[0]) < 0.8
     assert meta["provenance"]["commit"] and meta["steps"] > 0
