@@ -1,0 +1,129 @@
+"""CSM: a backbone over interleaved text and audio frames, and an audio decoder within each frame.
+
+Sesame's frame layout (SesameAILabs/csm ``models.py``): every position of the sequence is a
+*frame* of ``K + 1`` columns — K audio codebooks and one text column — with a mask saying which
+columns are present. A text position has only its text column; an audio position has only its K
+codebooks. A position's input embedding is the **sum** of the embeddings of its present columns.
+
+    frames (B, S, K+1) long, mask (B, S, K+1) bool
+      -> embeddings summed per position (B, S, D)
+      -> backbone (Llama)                 -> hidden h_t (B, S, D)
+      -> codebook0_head(h_t)              -> logits of codebook 0 of frame t+1
+      -> audio decoder (small Llama) on [proj(h_t), proj(e_0), ..., proj(e_{K-2})] of frame t+1
+                                           -> logits of codebooks 1..K-1 of frame t+1
+
+Audio codebook k uses its own slice ``k * audio_vocab_size ...`` of one embedding table. A frame
+of all-zero codes ends a turn (the end-of-speech frame of the reference generator).
+
+**Compute amortization.** The backbone and codebook 0 are trained on every audio frame. The
+audio decoder, which runs K-1 steps per frame, is trained on a random ``decoder_fraction``
+(1/16) of the audio frames only: the big model sees everything, the small one a sample.
+
+Shapes: B batch, S positions, K codebooks, D backbone width, Dd decoder width, V vocabularies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from csm_lib.backbone import Transformer, TransformerConfig
+
+
+@dataclass
+class CSMConfig:
+    backbone: TransformerConfig = field(default_factory=TransformerConfig)
+    decoder: TransformerConfig = field(default_factory=lambda: TransformerConfig(
+        dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=384, max_seq_len=32))
+    n_codebooks: int = 8  # K
+    audio_vocab_size: int = 1024  # entries per codebook
+    text_vocab_size: int = 1024 + 11  # BPE-1024 plus <pad><bos><eos>[0]..[7]
+    decoder_fraction: float = 1 / 16  # compute amortization
+
+    def __post_init__(self) -> None:
+        if self.decoder.max_seq_len < self.n_codebooks:
+            raise ValueError(f"the audio decoder needs max_seq_len >= n_codebooks ({self.n_codebooks}), "
+                             f"got {self.decoder.max_seq_len}")
+        if not 0 < self.decoder_fraction <= 1:
+            raise ValueError(f"decoder_fraction must be in (0, 1], got {self.decoder_fraction}")
+
+
+class CSM(nn.Module):
+    def __init__(self, cfg: CSMConfig):
+        super().__init__()
+        self.cfg = cfg
+        K, D, Dd = cfg.n_codebooks, cfg.backbone.dim, cfg.decoder.dim
+        self.text_embeddings = nn.Embedding(cfg.text_vocab_size, D)
+        self.audio_embeddings = nn.Embedding(cfg.audio_vocab_size * K, D)
+        self.backbone = Transformer(cfg.backbone)
+        self.decoder = Transformer(cfg.decoder)
+        self.projection = nn.Linear(D, Dd, bias=False)  # backbone width -> decoder width
+        self.codebook0_head = nn.Linear(D, cfg.audio_vocab_size, bias=False)
+        self.audio_head = nn.Parameter(torch.empty(K - 1, Dd, cfg.audio_vocab_size))  # codebooks 1..K-1
+        nn.init.normal_(self.audio_head, std=Dd ** -0.5)
+
+    # --- embeddings -------------------------------------------------------------------------
+    def embed_audio(self, codebook: int, codes: torch.Tensor) -> torch.Tensor:
+        """Codes of one codebook ``(...)`` -> embeddings ``(..., D)``."""
+        return self.audio_embeddings(codes + codebook * self.cfg.audio_vocab_size)
+
+    def embed_frames(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``frames``/``mask`` (B, S, K+1) -> the sum of each position's present embeddings (B, S, D)."""
+        K = self.cfg.n_codebooks
+        if frames.shape[-1] != K + 1 or mask.shape != frames.shape:
+            raise ValueError(f"frames and mask must both be (B, S, {K + 1}); got {tuple(frames.shape)} "
+                             f"and {tuple(mask.shape)}")
+        offsets = torch.arange(K, device=frames.device) * self.cfg.audio_vocab_size
+        audio = self.audio_embeddings(frames[..., :K] + offsets)  # (B, S, K, D)
+        text = self.text_embeddings(frames[..., K:])  # (B, S, 1, D)
+        return (torch.cat([audio, text], dim=2) * mask[..., None]).sum(dim=2)
+
+    # --- the audio decoder ----------------------------------------------------------------------
+    def decoder_logits(self, h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced audio decoder for N frames.
+
+        ``h`` (N, D): backbone state *before* each frame; ``codes`` (N, K): the frame's codes.
+        Returns logits (N, K-1, V) for codebooks 1..K-1: position i of the decoder sequence
+        ``[h, e_0, ..., e_{K-2}]`` predicts codebook i.
+        """
+        K = self.cfg.n_codebooks
+        embeds = torch.stack([self.embed_audio(k, codes[:, k]) for k in range(K - 1)], dim=1)  # (N, K-1, D)
+        seq = self.projection(torch.cat([h[:, None], embeds], dim=1))  # (N, K, Dd)
+        out = self.decoder(seq)[:, 1:]  # (N, K-1, Dd)
+        return torch.einsum("nkd,kdv->nkv", out, self.audio_head)
+
+    # --- training ---------------------------------------------------------------------------
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        """Losses for a batch of sequences.
+
+        A position t+1 that is an audio frame (all K codebook columns present) is a target: its
+        codebook 0 is predicted from the backbone state at t, and — for a random
+        ``decoder_fraction`` of these frames — codebooks 1..K-1 by the audio decoder.
+        Returns ``loss`` (c0 + decoder), ``c0_loss``, ``decoder_loss``, and frame counts.
+        """
+        K = self.cfg.n_codebooks
+        h = self.backbone(self.embed_frames(frames, mask), padding_mask=mask.any(-1))  # (B, S, D)
+        is_audio = mask[..., :K].all(-1)  # (B, S)
+        target = is_audio[:, 1:]  # frame t+1 is audio, predicted from h_t
+        h_prev, codes = h[:, :-1][target], frames[:, 1:, :K][target]  # (N, D), (N, K)
+        if len(codes) == 0:
+            raise ValueError("the batch holds no audio frame after the first position: nothing to predict")
+        c0_loss = F.cross_entropy(self.codebook0_head(h_prev), codes[:, 0])
+        n_dec = max(1, round(self.cfg.decoder_fraction * len(codes)))
+        pick = torch.randperm(len(codes), generator=generator, device="cpu")[:n_dec].to(codes.device)
+        dec_logits = self.decoder_logits(h_prev[pick], codes[pick])  # (n_dec, K-1, V)
+        dec_loss = F.cross_entropy(dec_logits.reshape(-1, self.cfg.audio_vocab_size), codes[pick, 1:].reshape(-1))
+        return {"loss": c0_loss + dec_loss, "c0_loss": c0_loss, "decoder_loss": dec_loss,
+                "audio_frames": len(codes), "decoder_frames": n_dec}
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts: backbone, decoder, embeddings, heads (incl. projection), total."""
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        parts = {"backbone": count(self.backbone), "decoder": count(self.decoder),
+                 "embeddings": count(self.text_embeddings) + count(self.audio_embeddings),
+                 "heads": count(self.codebook0_head) + self.audio_head.numel() + count(self.projection)}
+        parts["total"] = sum(parts.values())
+        return parts

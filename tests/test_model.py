@@ -1,0 +1,83 @@
+"""CSM's frame layout, the audio decoder and the amortized loss."""
+
+import pytest
+import torch
+
+from csm_lib.backbone import TransformerConfig
+from csm_lib.model import CSM, CSMConfig
+
+K, V = 4, 32
+CFG = CSMConfig(backbone=TransformerConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=64),
+                decoder=TransformerConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64, max_seq_len=8),
+                n_codebooks=K, audio_vocab_size=V, text_vocab_size=50)
+
+
+def batch(seed: int = 0, n_text: int = 5, n_audio: int = 40):
+    """One sequence: n_text text positions, then n_audio audio frames (the layout of a turn)."""
+    g = torch.Generator().manual_seed(seed)
+    S = n_text + n_audio
+    frames = torch.zeros(2, S, K + 1, dtype=torch.long)
+    mask = torch.zeros(2, S, K + 1, dtype=torch.bool)
+    frames[:, :n_text, K] = torch.randint(50, (2, n_text), generator=g)
+    mask[:, :n_text, K] = True
+    frames[:, n_text:, :K] = torch.randint(V, (2, n_audio, K), generator=g)
+    mask[:, n_text:, :K] = True
+    return frames, mask
+
+
+def test_a_frame_embeds_as_the_sum_of_its_codebook_embeddings():
+    torch.manual_seed(0)
+    model = CSM(CFG)
+    frames, mask = batch()
+    e = model.embed_frames(frames, mask)
+    t = 10  # an audio position
+    expected = sum(model.audio_embeddings.weight[frames[0, t, k] + k * V] for k in range(K))
+    assert torch.allclose(e[0, t], expected, atol=1e-6)
+    assert torch.allclose(e[0, 0], model.text_embeddings.weight[frames[0, 0, K]])  # a text position
+
+
+def test_decoder_position_i_sees_only_codebooks_below_i():
+    torch.manual_seed(0)
+    model = CSM(CFG).eval()
+    h, codes = torch.randn(3, 64), torch.randint(V, (3, K))
+    a = model.decoder_logits(h, codes)
+    codes2 = codes.clone()
+    codes2[:, 2] = (codes2[:, 2] + 1) % V
+    b = model.decoder_logits(h, codes2)
+    assert torch.allclose(a[:, :2], b[:, :2], atol=1e-6)  # codebooks 1 and 2 do not see codebook 2
+    assert not torch.allclose(a[:, 2], b[:, 2], atol=1e-4)  # codebook 3 does
+
+
+def test_amortized_loss_trains_the_decoder_on_a_sixteenth_of_frames():
+    torch.manual_seed(0)
+    model = CSM(CFG)
+    frames, mask = batch(n_audio=40)
+    out = model(frames, mask, generator=torch.Generator().manual_seed(0))
+    assert out["audio_frames"] == 2 * 40  # every audio frame after the first position is a target
+    assert out["decoder_frames"] == round(80 / 16)
+    assert torch.isfinite(out["loss"])
+    full = CSM(CSMConfig(**{**vars(CFG), "decoder_fraction": 1.0}))
+    assert full(frames, mask)["decoder_frames"] == 80
+
+
+def test_every_part_gets_a_gradient():
+    torch.manual_seed(0)
+    model = CSM(CSMConfig(**{**vars(CFG), "decoder_fraction": 1.0}))
+    model(*batch())["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    counts = model.num_parameters()
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+
+
+def test_bad_input_is_refused_with_the_expected_shape():
+    model = CSM(CFG)
+    frames, mask = batch()
+    with pytest.raises(ValueError, match=r"\(B, S, 5\)"):
+        model(frames[..., :K], mask[..., :K])
+    text_only = mask.clone()
+    text_only[..., :K] = False
+    with pytest.raises(ValueError, match="no audio frame"):
+        model(frames, text_only)
+    with pytest.raises(ValueError, match="max_seq_len >= n_codebooks"):
+        CSMConfig(decoder=TransformerConfig(dim=32, n_heads=2, n_kv_heads=1, max_seq_len=4), n_codebooks=8)
