@@ -40,7 +40,7 @@ class CSMConfig:
         dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=384, max_seq_len=32))
     n_codebooks: int = 8  # K
     audio_vocab_size: int = 1024  # entries per codebook
-    text_vocab_size: int = 1024 + 11  # BPE-1024 plus <pad><bos><eos>[0]..[7]
+    text_vocab_size: int = 1024  # the corpus BPE (text.py), special tokens included
     decoder_fraction: float = 1 / 16  # compute amortization
 
     def __post_init__(self) -> None:
@@ -49,6 +49,27 @@ class CSMConfig:
                              f"got {self.decoder.max_seq_len}")
         if not 0 < self.decoder_fraction <= 1:
             raise ValueError(f"decoder_fraction must be in (0, 1], got {self.decoder_fraction}")
+
+
+def _cfg(backbone: tuple, decoder: tuple, **kw) -> CSMConfig:
+    """(dim, n_layers, n_heads, n_kv_heads, hidden_dim) for the backbone and the decoder."""
+    def t(a: tuple, max_len: int) -> TransformerConfig:
+        return TransformerConfig(*a, max_seq_len=max_len)
+    return CSMConfig(backbone=t(backbone, 2048), decoder=t(decoder, 32), **kw)
+
+
+PRESETS: dict[str, CSMConfig] = {
+    # unit tests: seconds on a CPU
+    "tiny": _cfg((64, 2, 4, 2, 128), (32, 1, 2, 1, 64), n_codebooks=4, audio_vocab_size=64, text_vocab_size=64),
+    # what the workbook trains on 2 CPU cores: our codec's 8 codebooks of 1,024, the corpus BPE
+    "reference": _cfg((256, 6, 8, 2, 768), (128, 2, 4, 2, 384)),
+    # the seed's 422M model. The seed gives d_model=512, n_layers=12, which cannot reach 422M
+    # (about 40M); this is a Llama-style guess at 422M with the seed's 16 codebooks (8 + 8).
+    "paper_422m": _cfg((1024, 25, 16, 4, 4096), (512, 4, 8, 2, 2048), n_codebooks=16),
+    # Sesame's csm-1b: Llama-3.2-1B backbone, 100M decoder, 32 Mimi codebooks of 2,051, Llama-3 text vocabulary
+    "csm_1b": _cfg((2048, 16, 32, 8, 8192), (1024, 4, 8, 2, 8192), n_codebooks=32, audio_vocab_size=2051,
+                   text_vocab_size=128_256),
+}
 
 
 class CSM(nn.Module):

@@ -81,3 +81,24 @@ def test_bad_input_is_refused_with_the_expected_shape():
         model(frames, text_only)
     with pytest.raises(ValueError, match="max_seq_len >= n_codebooks"):
         CSMConfig(decoder=TransformerConfig(dim=32, n_heads=2, n_kv_heads=1, max_seq_len=4), n_codebooks=8)
+
+
+def _count(name: str) -> dict[str, int]:
+    from csm_lib.model import PRESETS
+
+    with torch.device("meta"):  # shapes only: no memory, no time
+        return CSM(PRESETS[name]).num_parameters()
+
+
+def test_paper_422m_has_422m_parameters():
+    counts = _count("paper_422m")
+    print({k: f"{v / 1e6:.1f}M" for k, v in counts.items()})
+    assert abs(counts["total"] / 422e6 - 1) <= 0.01
+
+
+def test_csm_1b_backbone_is_llama_3_2_1b_without_its_embedding_table():
+    counts = _count("csm_1b")
+    print({k: f"{v:,}" for k, v in counts.items()})
+    llama_3_2_1b = 1_235_814_400  # published parameter count (tied input/output embeddings)
+    assert counts["backbone"] == llama_3_2_1b - 128_256 * 2048
+    assert counts["total"] == 1_552_791_552
