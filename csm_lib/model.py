@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from csm_lib.backbone import Transformer, TransformerConfig
+from csm_lib.backbone import KVCache, Transformer, TransformerConfig
 
 
 @dataclass
@@ -140,6 +140,29 @@ class CSM(nn.Module):
         return {"loss": c0_loss + dec_loss, "c0_loss": c0_loss, "decoder_loss": dec_loss,
                 "audio_frames": len(codes), "decoder_frames": n_dec}
 
+    # --- generation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_frame(self, frames: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None,
+                       temperature: float = 0.9, topk: int = 50,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """The next audio frame's K codes ``(B, K)`` after the positions ``frames``/``mask`` (B, S, K+1).
+
+        With a backbone ``cache`` only the new positions are passed (the cache holds the rest).
+        Codebook 0 comes from the backbone's last state; codebooks 1..K-1 from the audio decoder,
+        one at a time, each fed the embedding of the code just sampled (its own KV cache, reset
+        per frame). ``temperature=0`` is greedy decoding.
+        """
+        h = self.backbone(self.embed_frames(frames, mask), cache=cache)[:, -1]  # (B, D)
+        codes = [sample_topk(self.codebook0_head(h), temperature, topk, generator)]
+        dec_cache = KVCache(self.cfg.decoder, h.shape[0], max_len=self.cfg.n_codebooks,
+                            dtype=h.dtype, device=h.device)
+        x = self.projection(torch.stack([h, self.embed_audio(0, codes[0])], dim=1))  # (B, 2, Dd)
+        for k in range(1, self.cfg.n_codebooks):
+            out = self.decoder(x, cache=dec_cache)[:, -1]  # (B, Dd)
+            codes.append(sample_topk(out @ self.audio_head[k - 1], temperature, topk, generator))
+            x = self.projection(self.embed_audio(k, codes[-1]))[:, None]  # (B, 1, Dd)
+        return torch.stack(codes, dim=1)
+
     def num_parameters(self) -> dict[str, int]:
         """Parameter counts: backbone, decoder, embeddings, heads (incl. projection), total."""
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -148,3 +171,13 @@ class CSM(nn.Module):
                  "heads": count(self.codebook0_head) + self.audio_head.numel() + count(self.projection)}
         parts["total"] = sum(parts.values())
         return parts
+
+
+def sample_topk(logits: torch.Tensor, temperature: float, topk: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample ``(B, V)`` logits among the ``topk`` largest at ``temperature`` -> ``(B,)``; greedy if 0."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    values, idx = logits.float().div(temperature).topk(min(topk, logits.shape[-1]), dim=-1)
+    choice = torch.multinomial(values.softmax(-1), 1, generator=generator)  # (B, 1)
+    return idx.gather(-1, choice)[:, 0]
