@@ -64,7 +64,7 @@ PRESETS: dict[str, CSMConfig] = {
     # what the workbook trains on 2 CPU cores: our codec's 8 codebooks of 1,024, the corpus BPE
     "reference": _cfg((256, 6, 8, 2, 768), (128, 2, 4, 2, 384)),
     # the seed's 422M model. The seed gives d_model=512, n_layers=12, which cannot reach 422M
-    # (about 40M); this is a Llama-style guess at 422M with the seed's 16 codebooks (8 + 8).
+    # (about 50M); this is a Llama-style guess at 422M with the seed's 16 codebooks (8 + 8).
     "paper_422m": _cfg((1024, 25, 16, 4, 4096), (512, 4, 8, 2, 2048), n_codebooks=16),
     # Sesame's csm-1b: Llama-3.2-1B backbone, 100M decoder, 32 Mimi codebooks of 2,051, Llama-3 text vocabulary
     "csm_1b": _cfg((2048, 16, 32, 8, 8192), (1024, 4, 8, 2, 8192), n_codebooks=32, audio_vocab_size=2051,
