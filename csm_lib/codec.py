@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -232,10 +232,12 @@ class Codec(nn.Module):
         """``(B, T) -> (B, F, latent_dim)``; T is cut to a whole number of codec frames."""
         return self.encoder(self.frontend(self._trim(audio))).transpose(1, 2)
 
-    def _synthesize(self, z: torch.Tensor) -> torch.Tensor:  # (B, F, D) -> (B, F * spf)
+    def _decoder_features(self, z: torch.Tensor) -> torch.Tensor:  # (B, F, D) -> (B, dim, F * stride)
         h = self.decoder(z.transpose(1, 2))
-        h = self.out_norm(h.transpose(1, 2)).transpose(1, 2)
-        return self.head(h)
+        return self.out_norm(h.transpose(1, 2)).transpose(1, 2)
+
+    def _synthesize(self, z: torch.Tensor) -> torch.Tensor:  # (B, F, D) -> (B, F * spf)
+        return self.head(self._decoder_features(z))
 
     # --- inference --------------------------------------------------------------------------
     @torch.no_grad()
@@ -296,9 +298,7 @@ class StreamingDecoder:
         """``(B, k, n)`` codes of the next n frames -> the audio they complete ``(B, n * spf)``."""
         c = self.codec
         with self._streaming():
-            z = c.quantizer.decode(codes.transpose(1, 2))
-            h = c.decoder(z.transpose(1, 2))
-        h = c.out_norm(h.transpose(1, 2)).transpose(1, 2)
+            h = c._decoder_features(c.quantizer.decode(codes.transpose(1, 2)))
         y = c.head.overlap_add(c.head.frames(h))  # starts n_fft - hop samples before the chunk
         keep = self.tail.shape[-1]
         y[:, :keep] += self.tail
@@ -343,6 +343,3 @@ class ReconstructionLoss(nn.Module):
         n = len(self.resolutions)
         return {"mel": mel / n, "stft": stft / n}
 
-
-def config_dict(cfg: CodecConfig) -> dict:
-    return asdict(cfg)
