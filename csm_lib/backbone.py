@@ -37,6 +37,9 @@ class TransformerConfig:
     max_seq_len: int = 2048
     rope_theta: float = 500_000.0
     norm_eps: float = 1e-5
+    # Llama-3 frequency scaling, (factor, low_freq_factor, high_freq_factor, original_max_len);
+    # csm-1b uses (32, 1, 4, 8192) in both transformers. None: plain RoPE.
+    rope_scaling: tuple[float, float, float, int] | None = None
 
     def __post_init__(self) -> None:
         if self.dim % self.n_heads:
@@ -62,13 +65,31 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles: two ``(max_len, head_dim)`` tables.
+def llama3_scale(inv_freq: torch.Tensor, factor: float, low_freq_factor: float, high_freq_factor: float,
+                 original_max_len: int) -> torch.Tensor:
+    """Llama-3's RoPE scaling: slow frequencies (wavelength > original_max_len / low_freq_factor)
+    are divided by ``factor``, fast ones (wavelength < original_max_len / high_freq_factor) kept,
+    and those in between interpolated smoothly."""
+    wavelen = 2 * torch.pi / inv_freq
+    smooth = ((original_max_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0, 1)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
 
-    Dimension pair i (i and i + head_dim/2, half-split layout) turns at frequency
-    ``theta ** (-2i / head_dim)`` radians per position.
+
+def rope_frequencies(head_dim: int, theta: float,
+                     scaling: tuple[float, float, float, int] | None = None) -> torch.Tensor:
+    """Rotation frequency of each dimension pair, ``(head_dim/2,)`` radians per position (float64).
+
+    Pair i (dimensions i and i + head_dim/2, half-split layout) turns at ``theta ** (-2i / head_dim)``,
+    rescaled by ``llama3_scale`` if ``scaling`` is given.
     """
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (Dh/2,)
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    return inv_freq if scaling is None else llama3_scale(inv_freq, *scaling)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float,
+                scaling: tuple[float, float, float, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles: two ``(max_len, head_dim)`` tables."""
+    inv_freq = rope_frequencies(head_dim, theta, scaling)  # (Dh/2,)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (max_len, Dh/2)
     angles = torch.cat([angles, angles], dim=-1)  # (max_len, Dh)
     return angles.cos().float(), angles.sin().float()
@@ -168,7 +189,7 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 

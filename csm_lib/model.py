@@ -51,10 +51,10 @@ class CSMConfig:
             raise ValueError(f"decoder_fraction must be in (0, 1], got {self.decoder_fraction}")
 
 
-def _cfg(backbone: tuple, decoder: tuple, **kw) -> CSMConfig:
+def _cfg(backbone: tuple, decoder: tuple, rope_scaling: tuple | None = None, **kw) -> CSMConfig:
     """(dim, n_layers, n_heads, n_kv_heads, hidden_dim) for the backbone and the decoder."""
     def t(a: tuple, max_len: int) -> TransformerConfig:
-        return TransformerConfig(*a, max_seq_len=max_len)
+        return TransformerConfig(*a, max_seq_len=max_len, rope_scaling=rope_scaling)
     return CSMConfig(backbone=t(backbone, 2048), decoder=t(decoder, 32), **kw)
 
 
@@ -68,7 +68,7 @@ PRESETS: dict[str, CSMConfig] = {
     "paper_422m": _cfg((1024, 25, 16, 4, 4096), (512, 4, 8, 2, 2048), n_codebooks=16),
     # Sesame's csm-1b: Llama-3.2-1B backbone, 100M decoder, 32 Mimi codebooks of 2,051, Llama-3 text vocabulary
     "csm_1b": _cfg((2048, 16, 32, 8, 8192), (1024, 4, 8, 2, 8192), n_codebooks=32, audio_vocab_size=2051,
-                   text_vocab_size=128_256),
+                   text_vocab_size=128_256, rope_scaling=(32.0, 1.0, 4.0, 8192)),
 }
 
 

@@ -1,0 +1,227 @@
+"""Weights to and from transformers' ``CsmForConditionalGeneration``: parity and the real csm-1b.
+
+transformers ships an independent implementation of CSM. Converting weights both ways and
+getting the same logits and the same greedy codes (``tests/test_parity.py``) is our proof that
+``csm_lib.model`` *is* CSM, and it lets you load Sesame's published csm-1b.
+
+The two layouts, name by name (``{i}`` a layer; both use the half-split RoPE layout, so no
+weight is permuted)::
+
+    csm_lib (model.py)                     transformers (modeling_csm.py)
+    text_embeddings.weight                 embed_text_tokens.weight
+    audio_embeddings.weight                backbone_model.embed_tokens.embed_audio_tokens.weight
+                                           depth_decoder.model.embed_tokens.weight   (tied: same table)
+    backbone.layers.{i}.<block>            backbone_model.layers.{i}.<block>
+    backbone.norm.weight                   backbone_model.norm.weight
+    codebook0_head.weight                  lm_head.weight
+    projection.weight                      depth_decoder.model.inputs_embeds_projector.weight
+    decoder.layers.{i}.<block>             depth_decoder.model.layers.{i}.<block>
+    decoder.norm.weight                    depth_decoder.model.norm.weight
+    audio_head  (K-1, Dd, V)               depth_decoder.codebooks_head.weight  (K-1, Dd, V)
+    —                                      codec_model.*  (Mimi; not converted, csm_lib has its own codec)
+
+``<block>`` is ``self_attn.{q,k,v,o}_proj.weight``, ``mlp.{gate,up,down}_proj.weight``,
+``input_layernorm.weight`` and ``post_attention_layernorm.weight`` in both.
+
+**Loading the real csm-1b** (about 6 GB in fp32; transformers' format as published on the
+Hugging Face hub under ``sesame/csm-1b``). Nothing here downloads: fetch the folder yourself
+(``huggingface-cli download sesame/csm-1b --local-dir csm-1b``), then::
+
+    python -m csm_lib.convert csm-1b checkpoints/csm_1b.safetensors
+
+or in Python ``model = load_hf_checkpoint("csm-1b")``. The result speaks Mimi codes (32
+codebooks of 2,051 at 24 kHz) and Llama-3 text tokens, not our codec's and tokenizer's: pair it
+with Mimi and the Llama-3 tokenizer, which this workbook does not ship.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from csm_lib.backbone import TransformerConfig
+from csm_lib.model import CSM, CSMConfig
+
+# csm_lib prefix -> transformers prefix (the transformer blocks keep their names)
+PREFIXES = [
+    ("text_embeddings.weight", "embed_text_tokens.weight"),
+    ("audio_embeddings.weight", "backbone_model.embed_tokens.embed_audio_tokens.weight"),
+    ("backbone.", "backbone_model."),
+    ("codebook0_head.weight", "lm_head.weight"),
+    ("projection.weight", "depth_decoder.model.inputs_embeds_projector.weight"),
+    ("decoder.", "depth_decoder.model."),
+    ("audio_head", "depth_decoder.codebooks_head.weight"),
+]
+TIED_DECODER_EMBEDDINGS = "depth_decoder.model.embed_tokens.weight"
+CODEC_PREFIX = "codec_model."
+
+
+def _rename(name: str, pairs: list[tuple[str, str]]) -> str:
+    for src, dst in pairs:
+        if name.startswith(src):
+            return dst + name[len(src):]
+    raise KeyError(f"no conversion rule for weight {name!r}")
+
+
+def csm_to_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """csm_lib state dict -> transformers names (the audio table written twice, as transformers ties it)."""
+    out = {_rename(k, PREFIXES): v for k, v in state.items()}
+    out[TIED_DECODER_EMBEDDINGS] = state["audio_embeddings.weight"]
+    return out
+
+
+def hf_to_csm_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers state dict -> csm_lib names. Drops the codec; refuses untied audio embeddings."""
+    state = dict(state)
+    backbone_key = PREFIXES[1][1]
+    if backbone_key not in state and TIED_DECODER_EMBEDDINGS in state:  # saved files keep one copy of a tied table
+        state[backbone_key] = state[TIED_DECODER_EMBEDDINGS]
+    backbone_table, decoder_table = state[backbone_key], state.get(TIED_DECODER_EMBEDDINGS)
+    if decoder_table is not None and not torch.equal(decoder_table, backbone_table):
+        raise ValueError("the depth decoder's audio embeddings differ from the backbone's; csm_lib (like "
+                         "Sesame's CSM) shares one table. Convert a model with tie_codebooks_embeddings=True")
+    reverse = [(dst, src) for src, dst in PREFIXES]
+    return {_rename(k, reverse): v for k, v in state.items()
+            if not k.startswith(CODEC_PREFIX) and k != TIED_DECODER_EMBEDDINGS}
+
+
+# --- configs ----------------------------------------------------------------------------------
+def _rope_parameters(t: TransformerConfig) -> dict:
+    if t.rope_scaling is None:
+        return {"rope_type": "default", "rope_theta": t.rope_theta}
+    factor, low, high, original = t.rope_scaling
+    return {"rope_type": "llama3", "rope_theta": t.rope_theta, "factor": factor, "low_freq_factor": low,
+            "high_freq_factor": high, "original_max_position_embeddings": original}
+
+
+def _transformer_fields(t: TransformerConfig) -> dict:
+    return {"hidden_size": t.dim, "num_hidden_layers": t.n_layers, "num_attention_heads": t.n_heads,
+            "num_key_value_heads": t.n_kv_heads, "intermediate_size": t.hidden_dim, "head_dim": t.head_dim,
+            "max_position_embeddings": t.max_seq_len, "rms_norm_eps": t.norm_eps,
+            "rope_parameters": _rope_parameters(t)}
+
+
+def to_hf_config(cfg: CSMConfig, codec_config=None):
+    """A transformers ``CsmConfig`` with ``cfg``'s dimensions.
+
+    ``codec_config``: the Mimi config transformers builds beside the model (it is not converted).
+    Default: Mimi's own for Sesame's vocabulary (2,051), else a 1-layer Mimi, cheap to build.
+    """
+    from transformers import CsmConfig, MimiConfig
+
+    K, V = cfg.n_codebooks, cfg.audio_vocab_size
+    if codec_config is None:
+        codec_config = MimiConfig() if V == 2051 else MimiConfig(num_hidden_layers=1, num_quantizers=K)
+    decoder = {**_transformer_fields(cfg.decoder), "num_codebooks": K, "vocab_size": V,
+               "backbone_hidden_size": cfg.backbone.dim}
+    # special text ids: Sesame's Llama-3 ids for csm-1b; for our small BPE the processor-only ids
+    # (audio placeholder tokens) are unused by csm_lib and only need to lie inside the vocabulary
+    special = ({} if cfg.text_vocab_size == 128_256 else
+               {"pad_token_id": 0, "bos_token_id": 1, "audio_token_id": cfg.text_vocab_size - 2,
+                "audio_eos_token_id": cfg.text_vocab_size - 1, "codebook_pad_token_id": V - 1})
+    return CsmConfig(**_transformer_fields(cfg.backbone), num_codebooks=K, vocab_size=V,
+                     text_vocab_size=cfg.text_vocab_size, depth_decoder_config=decoder,
+                     codec_config=codec_config.to_dict(), tie_codebooks_embeddings=True, **special)
+
+
+def _transformer_config(c) -> TransformerConfig:
+    rope = dict(c.rope_parameters or {"rope_type": "default", "rope_theta": 10_000.0})
+    if rope["rope_type"] == "llama3":
+        scaling = (float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]),
+                   int(rope["original_max_position_embeddings"]))
+    elif rope["rope_type"] == "default":
+        scaling = None
+    else:
+        raise ValueError(f"RoPE type {rope['rope_type']!r} is not supported; csm_lib implements 'default' and 'llama3'")
+    if c.head_dim != c.hidden_size // c.num_attention_heads:
+        raise ValueError(f"head_dim {c.head_dim} != hidden_size / num_attention_heads; csm_lib derives it")
+    return TransformerConfig(dim=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads,
+                             n_kv_heads=c.num_key_value_heads, hidden_dim=c.intermediate_size,
+                             max_seq_len=c.max_position_embeddings, rope_theta=float(rope["rope_theta"]),
+                             norm_eps=c.rms_norm_eps, rope_scaling=scaling)
+
+
+def from_hf_config(hf) -> CSMConfig:
+    """A csm_lib ``CSMConfig`` from a transformers ``CsmConfig``."""
+    for flag in ("attention_bias", "mlp_bias"):
+        if getattr(hf, flag, False) or getattr(hf.depth_decoder_config, flag, False):
+            raise ValueError(f"{flag}=True is not supported: csm_lib's Llama blocks have no biases")
+    return CSMConfig(backbone=_transformer_config(hf), decoder=_transformer_config(hf.depth_decoder_config),
+                     n_codebooks=hf.num_codebooks, audio_vocab_size=hf.vocab_size,
+                     text_vocab_size=hf.text_vocab_size)
+
+
+# --- models -----------------------------------------------------------------------------------
+def from_hf(hf_model) -> CSM:
+    """A csm_lib ``CSM`` with the weights of a transformers ``CsmForConditionalGeneration``."""
+    model = CSM(from_hf_config(hf_model.config))
+    model.load_state_dict(hf_to_csm_state(hf_model.state_dict()), strict=True)
+    return model.to(next(hf_model.parameters()).dtype)
+
+
+def to_hf(model: CSM, codec_config=None):
+    """A transformers ``CsmForConditionalGeneration`` with ``model``'s weights (its codec left random)."""
+    from transformers import CsmForConditionalGeneration
+
+    hf = CsmForConditionalGeneration(to_hf_config(model.cfg, codec_config))
+    missing, unexpected = hf.load_state_dict(csm_to_hf_state(model.state_dict()), strict=False)
+    missing = [k for k in missing if not k.startswith(CODEC_PREFIX)]
+    if missing or unexpected:
+        raise RuntimeError(f"conversion left weights unmatched: missing {missing}, unexpected {unexpected}")
+    return hf.to(next(model.parameters()).dtype)
+
+
+def read_safetensors_folder(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of ``model.safetensors`` or of the shards named in ``model.safetensors.index.json``."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{folder} holds neither model.safetensors nor model.safetensors.index.json; "
+                                "expected a transformers-format CSM checkpoint folder")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(folder / name))
+    return state
+
+
+def load_hf_checkpoint(folder: str | Path) -> CSM:
+    """A csm_lib ``CSM`` from a local transformers-format checkpoint folder (config.json + safetensors)."""
+    from transformers import CsmConfig
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"no config.json in {folder}; expected a transformers-format CSM checkpoint folder")
+    cfg = from_hf_config(CsmConfig.from_pretrained(folder, local_files_only=True))
+    state = hf_to_csm_state(read_safetensors_folder(folder))
+    model = CSM(cfg).to(next(iter(state.values())).dtype)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m csm_lib.convert HF_FOLDER OUT.safetensors``: a transformers checkpoint to csm_lib's format."""
+    from dataclasses import asdict
+
+    from csm_lib import checkpoint
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        raise SystemExit("usage: python -m csm_lib.convert HF_CHECKPOINT_FOLDER OUT.safetensors")
+    model = load_hf_checkpoint(argv[0])
+    meta = {"config": asdict(model.cfg), "converted_from": str(Path(argv[0]).resolve()),
+            "parameters": model.num_parameters(), "provenance": checkpoint.provenance("csm_lib.convert", "cpu")}
+    path = checkpoint.save(argv[1], model.state_dict(), meta)
+    print(f"wrote {path} ({model.num_parameters()['total']:,} parameters)")
+
+
+if __name__ == "__main__":
+    main()
