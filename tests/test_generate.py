@@ -1,0 +1,133 @@
+"""Generator: Sesame's generate/stream interface over CSM, the frame layout of turns, and bad input."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from csm_lib import frames as Fr
+from csm_lib.codec import PRESETS as CODEC_PRESETS
+from csm_lib.codec import Codec
+from csm_lib.generate import Generator, Segment
+from csm_lib.model import CSM, PRESETS
+from csm_lib.text import TextTokenizer
+
+TEXTS = ["hello there", "how are you today", "fine thanks and you", "the weather is nice"]
+
+
+@pytest.fixture(scope="module")
+def gen() -> Generator:
+    torch.manual_seed(0)
+    codec = Codec(CODEC_PRESETS["tiny"])  # 4 codebooks of 64, like the tiny model
+    tok = TextTokenizer.train(TEXTS, vocab_size=0)  # bytes + specials
+    cfg = dataclasses.replace(PRESETS["tiny"], text_vocab_size=tok.vocab_size)
+    cfg.backbone = dataclasses.replace(cfg.backbone, max_seq_len=160)
+    return Generator(CSM(cfg), codec, tok)
+
+
+def speech(seconds: float, seed: int = 0, level: float = 0.1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(16_000 * seconds)) / 16_000
+    return level * (torch.sin(2 * torch.pi * 180 * t) + 0.3 * torch.randn(len(t), generator=g))
+
+
+def context() -> list[Segment]:
+    return [Segment(0, "hello there", speech(0.8, 1)), Segment(1, "how are you today", speech(1.2, 2))]
+
+
+def test_generate_and_stream_give_the_same_codes_and_audio(gen):
+    kw = dict(context=context(), max_audio_length_ms=800, temperature=0.9, topk=20, seed=7)
+    codes_a = torch.stack(list(gen.frames("fine thanks", 0, **kw)))
+    codes_b = torch.stack(list(gen.frames("fine thanks", 0, **kw)))
+    assert torch.equal(codes_a, codes_b)
+    other = torch.stack(list(gen.frames("fine thanks", 0, **{**kw, "seed": 8})))
+    assert not torch.equal(codes_a, other)  # the seed matters
+    full = gen.generate("fine thanks", 0, **kw)
+    chunks = list(gen.stream("fine thanks", 0, **kw))
+    n = len(codes_a)
+    assert n == 10  # a random model never ends its turn: 800 ms / 80 ms frames
+    assert len(chunks) == n + 1  # one chunk per frame, then the last 30 ms
+    assert full.shape == (n * gen.codec.cfg.samples_per_frame,)
+    assert torch.allclose(torch.cat(chunks), full, atol=1e-4)
+    assert torch.allclose(gen.codec.decode(codes_a.permute(1, 2, 0))[0], full, atol=1e-6)
+
+
+def test_prompt_layout(gen):
+    ctx = context()
+    frames, mask = gen.prompt("fine thanks", 0, ctx, max_frames=10)
+    K = gen.model.cfg.n_codebooks
+    spf = gen.codec.cfg.samples_per_frame
+    expected = [len(gen.tokenizer.encode(s.text, s.speaker)) + len(s.audio) // spf + 1 for s in ctx]
+    turn = gen.tokenizer.encode("fine thanks", 0)
+    assert frames.shape == (1, sum(expected) + len(turn), K + 1)
+    assert frames[0, -len(turn):, K].tolist() == turn and mask[0, -len(turn):].sum(0).tolist() == [0] * K + [len(turn)]
+    eos_at = expected[0] - 1  # each context turn ends with an all-zero audio frame
+    assert mask[0, eos_at, :K].all() and Fr.is_end_of_speech(frames[0, eos_at, :K])
+    # every position holds text only or audio only
+    assert ((mask[0, :, :K].all(-1)) ^ mask[0, :, K]).all()
+
+
+def test_context_loudness_is_normalised(gen):
+    loud = Segment(0, "hello there", speech(0.8, 1, level=0.5))
+    quiet = Segment(0, "hello there", speech(0.8, 1, level=0.05))
+    assert torch.equal(gen.segment_frames(loud)[0], gen.segment_frames(quiet)[0])
+
+
+def test_end_of_speech_frame_stops_generation(gen):
+    model = CSM(gen.model.cfg)
+    with torch.no_grad():  # all logits equal: greedy picks code 0 everywhere, the end-of-speech frame
+        model.codebook0_head.weight.zero_()
+        model.audio_head.zero_()
+    g = Generator(model, gen.codec, gen.tokenizer)
+    assert g.generate("hello", 1, temperature=0).numel() == 0
+    assert list(g.stream("hello", 1, temperature=0)) == []
+
+
+@pytest.mark.parametrize("text,speaker,match", [
+    ("", 0, "non-empty"), ("   ", 0, "non-empty"), ("hi", 8, "unknown speaker"), ("hi", -1, "unknown speaker"),
+    ("hi", "0", "unknown speaker"),
+])
+def test_bad_turns_are_refused(gen, text, speaker, match):
+    with pytest.raises(ValueError, match=match):
+        gen.generate(text, speaker, max_audio_length_ms=160)
+
+
+def test_bad_context_is_refused(gen):
+    with pytest.raises(ValueError, match="24000 Hz; the codec expects 16000 Hz"):
+        gen.generate("hi", 0, context=[Segment(0, "hello", speech(0.5), sample_rate=24_000)])
+    with pytest.raises(ValueError, match="mono"):
+        gen.generate("hi", 0, context=[Segment(0, "hello", speech(0.5)[None].repeat(2, 1))])
+    with pytest.raises(ValueError, match="mono"):
+        gen.generate("hi", 0, context=[Segment(0, "hello", torch.zeros(10))])
+    with pytest.raises(ValueError, match="max_audio_length_ms"):
+        gen.generate("hi", 0, max_audio_length_ms=0)
+
+
+def test_too_long_context_drops_oldest_turns(gen):
+    ctx = context() * 4  # 8 turns of about 20-30 positions each: more than the 160-position window
+    with pytest.warns(UserWarning, match="dropped the"):
+        frames, _ = gen.prompt("fine thanks", 0, ctx, max_frames=10)
+    assert frames.shape[1] + 10 <= gen.model.cfg.backbone.max_seq_len
+    last, _ = gen.segment_frames(ctx[-1])
+    turn = len(gen.tokenizer.encode("fine thanks", 0))
+    assert torch.equal(frames[0, -turn - len(last): -turn], last)  # the newest turn is kept
+    with pytest.raises(ValueError, match="do not fit"):
+        gen.generate("fine thanks", 0, max_audio_length_ms=80 * 200)
+
+
+def test_codec_and_model_must_agree(gen):
+    with pytest.raises(ValueError, match="codebooks"):
+        Generator(gen.model, Codec(dataclasses.replace(CODEC_PRESETS["tiny"], n_q=2)), gen.tokenizer)
+
+
+def test_frame_helpers():
+    codes = torch.tensor([[1, 2, 3], [4, 5, 6]])  # (K=2, F=3)
+    f, m = Fr.audio_frames(codes)
+    assert f.tolist() == [[1, 4, 0], [2, 5, 0], [3, 6, 0], [0, 0, 0]]
+    assert m.tolist() == [[True, True, False]] * 4
+    t, tm = Fr.text_frames([9, 8], n_codebooks=2)
+    assert t.tolist() == [[0, 0, 9], [0, 0, 8]] and tm[:, -1].all() and not tm[:, :2].any()
+    bf, bm = Fr.pad_batch([(t, tm), (f, m)])
+    assert bf.shape == (2, 4, 3) and not bm[0, 2:].any() and torch.equal(bf[1], f)
+    with pytest.raises(ValueError, match=r"\(K, F\)"):
+        Fr.audio_frames(codes[None])
