@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -192,6 +193,8 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # recompute each block's activations in the backward pass instead of storing them
+        self.gradient_checkpointing = False
 
     def forward(self, h: torch.Tensor, cache: KVCache | None = None,
                 padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -213,7 +216,10 @@ class Transformer(nn.Module):
                 ~torch.ones(S, end, dtype=torch.bool, device=h.device).tril(start - 1)
             mask = (mask & padding_mask[:, None, None, :end]) | itself[None, None]
         for layer in self.layers:
-            h = layer(h, cos, sin, mask, cache)
+            if self.gradient_checkpointing and self.training and cache is None:
+                h = checkpoint(layer, h, cos, sin, mask, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, mask, cache)
         if cache is not None:
             cache.length = end
         return self.norm(h)

@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write ``path`` through ``write(tmp)`` on a temporary file in the same folder, then rename: all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix + ".tmp")
     os.close(fd)
@@ -41,8 +42,8 @@ def save(path: str | Path, state: dict[str, torch.Tensor], meta: dict, dtype: to
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         tensors[k] = v.contiguous()
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp))
-    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
     return path
 
 

@@ -117,26 +117,36 @@ class CSM(nn.Module):
         return torch.einsum("nkd,kdv->nkv", out, self.audio_head)
 
     # --- training ---------------------------------------------------------------------------
-    def forward(self, frames: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+    def audio_targets(self, mask: torch.Tensor) -> torch.Tensor:
+        """``mask`` (B, S, K+1) -> (B, S-1) True where position t+1 is an audio frame, predicted from h_t."""
+        return mask[:, 1:, : self.cfg.n_codebooks].all(-1)
+
+    def decoder_frames(self, n_audio: int, fraction: float | None = None) -> int:
+        """How many of ``n_audio`` target frames train the audio decoder (compute amortization)."""
+        return max(1, round((self.cfg.decoder_fraction if fraction is None else fraction) * n_audio))
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+                decoder_fraction: float | None = None) -> dict:
         """Losses for a batch of sequences.
 
         A position t+1 that is an audio frame (all K codebook columns present) is a target: its
         codebook 0 is predicted from the backbone state at t, and — for a random
-        ``decoder_fraction`` of these frames — codebooks 1..K-1 by the audio decoder.
-        Returns ``loss`` (c0 + decoder), ``c0_loss``, ``decoder_loss``, and frame counts.
+        ``decoder_fraction`` (default ``cfg.decoder_fraction``) of these frames — codebooks
+        1..K-1 by the audio decoder. Returns ``loss`` (c0 + decoder), ``c0_loss``,
+        ``decoder_loss`` (means over their frames), and the frame counts.
         """
         K = self.cfg.n_codebooks
         h = self.backbone(self.embed_frames(frames, mask), padding_mask=mask.any(-1))  # (B, S, D)
-        is_audio = mask[..., :K].all(-1)  # (B, S)
-        target = is_audio[:, 1:]  # frame t+1 is audio, predicted from h_t
+        target = self.audio_targets(mask)  # (B, S-1)
         h_prev, codes = h[:, :-1][target], frames[:, 1:, :K][target]  # (N, D), (N, K)
         if len(codes) == 0:
             raise ValueError("the batch holds no audio frame after the first position: nothing to predict")
-        c0_loss = F.cross_entropy(self.codebook0_head(h_prev), codes[:, 0])
-        n_dec = max(1, round(self.cfg.decoder_fraction * len(codes)))
+        c0_loss = F.cross_entropy(self.codebook0_head(h_prev).float(), codes[:, 0])
+        n_dec = self.decoder_frames(len(codes), decoder_fraction)
         pick = torch.randperm(len(codes), generator=generator, device="cpu")[:n_dec].to(codes.device)
         dec_logits = self.decoder_logits(h_prev[pick], codes[pick])  # (n_dec, K-1, V)
-        dec_loss = F.cross_entropy(dec_logits.reshape(-1, self.cfg.audio_vocab_size), codes[pick, 1:].reshape(-1))
+        dec_loss = F.cross_entropy(dec_logits.reshape(-1, self.cfg.audio_vocab_size).float(),
+                                   codes[pick, 1:].reshape(-1))
         return {"loss": c0_loss + dec_loss, "c0_loss": c0_loss, "decoder_loss": dec_loss,
                 "audio_frames": len(codes), "decoder_frames": n_dec}
 

@@ -1,0 +1,316 @@
+"""Train CSM on the corpus: ``python -m csm_lib.train [--field=value ...]`` (nanoGPT-style overrides).
+
+    python -m csm_lib.train --preset=reference --hours=2 --steps=3000 --out=runs/reference
+    python -m csm_lib.train --out=runs/reference --resume=true      # continue after a crash
+    torchrun --nproc_per_node=2 -m csm_lib.train ...                  # data parallel (gloo on CPU)
+
+One step:
+
+1. the step's windows (``dataset.ConversationWindows.step_indices``: a pure function of seed and
+   step) are split over ``accum`` micro-batches and over the DDP ranks;
+2. each micro-batch runs forward under autocast (bf16 on CPU or GPU; fp16 + GradScaler on GPU) and
+   backward; its loss is weighted by its share of the *global* number of target frames, so 1 rank
+   with ``accum`` micro-batches, or N ranks, give the same gradient as one big batch;
+3. clip the gradient norm, AdamW step with warm-up then cosine decay (``train_codec.lr_at``).
+
+Every ``ckpt_every`` steps the run's full state (weights, AdamW moments, step) is written
+atomically (``state-<step>.safetensors`` + JSON, then the ``latest`` pointer); ``--resume=true``
+continues from it and truncates the CSV log to that step, so a killed run resumed ends with the
+loss curve of an uninterrupted one. At the end, the weights and their provenance go to
+``<out>/model.safetensors`` (+ ``.json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from csm_lib import checkpoint, data
+from csm_lib.dataset import ConversationWindows, encode_corpus, fingerprint, tokenize_turns
+from csm_lib.model import CSM, PRESETS, CSMConfig
+from csm_lib.progress import progress
+from csm_lib.text import corpus_tokenizer
+from csm_lib.train_codec import load_codec, lr_at, parse_overrides
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "reference"  # model.PRESETS; codebooks and vocabularies come from the codec and tokenizer
+    hours: float = 2.0  # corpus size
+    corpus_seed: int = 1  # the codec's training corpus; its test split stays held out
+    codec: str = "checkpoints/codec_reference.safetensors"
+    max_len: int = 512  # positions per window (about 30 s of conversation)
+    batch: int = 8  # windows per step (global: over all micro-batches and ranks)
+    accum: int = 1  # micro-batches per step (gradient accumulation)
+    steps: int = 2000
+    minutes: float = 0.0  # > 0: stop (and save) after this much training time
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    amp: str = "bf16"  # bf16 | fp16 (CUDA only) | fp32
+    checkpointing: bool = False  # gradient checkpointing in the backbone
+    decoder_fraction: float = 1 / 16
+    eval_every: int = 250
+    eval_batches: int = 4
+    ckpt_every: int = 250
+    log_every: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0  # torch CPU threads per process; 0: leave torch's default
+    out: str = "runs/reference"
+    resume: bool = False
+    data_root: str = str(data.DEFAULT_ROOT)
+
+    def __post_init__(self) -> None:
+        if self.amp not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"amp must be bf16, fp16 or fp32, got {self.amp!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        if self.batch < 1 or self.accum < 1 or self.batch % self.accum:
+            raise ValueError(f"batch ({self.batch}) must be a positive multiple of accum ({self.accum})")
+
+
+# --- data ---------------------------------------------------------------------------------------
+def load_data(cfg: TrainConfig):
+    """The corpus, its tokenizer and codec tokens -> (train windows, valid windows, model config, info)."""
+    folder = data.build(data.CorpusConfig.for_hours(cfg.hours, seed=cfg.corpus_seed), cfg.data_root)  # cached
+    rows = data.load_manifest(folder)
+    tokenizer = corpus_tokenizer(folder)
+    codec, _ = load_codec(cfg.codec)
+    codes = encode_corpus(folder, rows, codec, fingerprint(cfg.codec))
+    windows = {split: ConversationWindows(tokenize_turns([r for r in rows if r["split"] == split], codes, tokenizer),
+                                          cfg.max_len) for split in ("train", "valid")}
+    base = PRESETS[cfg.preset]
+    mcfg = replace(base, n_codebooks=codec.cfg.n_q, audio_vocab_size=codec.cfg.codebook_size,
+                   text_vocab_size=tokenizer.vocab_size, decoder_fraction=cfg.decoder_fraction,
+                   backbone=replace(base.backbone, max_seq_len=max(base.backbone.max_seq_len, cfg.max_len)),
+                   decoder=replace(base.decoder, max_seq_len=max(base.decoder.max_seq_len, codec.cfg.n_q)))
+    corpus_cfg = data.CorpusConfig.for_hours(cfg.hours, seed=cfg.corpus_seed)
+    info = {"corpus": folder.name, "corpus_config": asdict(corpus_cfg),
+            "codec": cfg.codec, "codec_fingerprint": fingerprint(cfg.codec), "train_windows": len(windows["train"]),
+            "valid_windows": len(windows["valid"]), "train_hours": round(sum(
+                r["duration"] for r in rows if r["split"] == "train") / 3600, 3)}
+    return windows["train"], windows["valid"], mcfg, info
+
+
+# --- distributed --------------------------------------------------------------------------------
+def world() -> tuple[int, int]:
+    """(rank, world size), starting the gloo/nccl process group when run under torchrun."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), size) if size > 1 else (0, 1)
+
+
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(x)
+    return x
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+def save_state(out: Path, step: int, model: CSM, opt: torch.optim.Optimizer, meta: dict) -> Path:
+    """Weights + AdamW state at ``step``, then the ``latest`` pointer: a crash leaves the old state usable."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_state = opt.state_dict()
+    for i, s in opt_state["state"].items():
+        for name, v in s.items():
+            tensors[f"optim.{i}.{name}"] = v.reshape(1) if v.dim() == 0 else v
+    path = checkpoint.save(out / f"state-{step:07d}", tensors,
+                           meta | {"step": step, "param_groups": opt_state["param_groups"]})
+    checkpoint.atomic_write(out / "latest", lambda tmp: Path(tmp).write_text(path.name + "\n"))
+    for old in out.glob("state-*.safetensors"):  # keep only the newest state
+        if old != path:
+            old.unlink()
+            old.with_suffix(".json").unlink(missing_ok=True)
+    return path
+
+
+def load_state(out: Path, model: CSM, opt: torch.optim.Optimizer) -> int:
+    """Restore the state named by ``out/latest``; returns its step."""
+    pointer = out / "latest"
+    if not pointer.exists():
+        raise FileNotFoundError(f"nothing to resume in {out}: no 'latest' state was written")
+    tensors, meta = checkpoint.load(out / pointer.read_text().strip())
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v.reshape(()) if name == "step" else v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta["step"]
+
+
+def read_log(path: Path, before: int) -> list[dict]:
+    """The complete rows of a CSV log with ``step < before`` (a killed run may leave a torn last line)."""
+    if not path.exists():
+        return []
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f) if None not in r.values() and "" not in r.values()]
+    return [r for r in rows if int(r["step"]) < before]
+
+
+LOG_FIELDS = ["step", "lr", "loss", "c0_loss", "decoder_loss", "positions_per_s", "seconds"]
+
+
+# --- one step ------------------------------------------------------------------------------------
+def autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.amp == "fp32":
+        return contextlib.nullcontext()
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp=fp16 needs a CUDA device (GradScaler); use bf16 on the CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+
+
+def train_step(model, raw: CSM, opt, scaler, windows: ConversationWindows, step: int, cfg: TrainConfig,
+               rank: int, world_size: int, device: torch.device) -> dict:
+    """One optimizer step over the step's global batch; returns the global mean losses."""
+    indices = windows.step_indices(step, cfg.batch, cfg.seed)[rank::world_size]
+    micro = [indices[i::cfg.accum] for i in range(cfg.accum)]
+    batches = [windows.batch(m) for m in micro if m]
+    n_audio = [int(raw.audio_targets(mask).sum()) for _, mask in batches]
+    n_dec = [raw.decoder_frames(n) for n in n_audio]
+    total = all_sum(torch.tensor([sum(n_audio), sum(n_dec)], dtype=torch.float64))  # global target frames
+    sums = torch.zeros(3, dtype=torch.float64)  # c0, decoder (frame-weighted), positions
+    g = torch.Generator().manual_seed(cfg.seed * 7_919 + step * 104_729 + rank)
+    for i, (frames, mask) in enumerate(batches):
+        sync = i == len(batches) - 1 or not isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        with (contextlib.nullcontext() if sync else model.no_sync()), autocast(cfg, device):
+            out = model(frames.to(device), mask.to(device), generator=g)
+        # each micro-batch's share of the global mean; DDP averages over ranks, so scale by world size
+        loss = (out["c0_loss"] * n_audio[i] / total[0] + out["decoder_loss"] * n_dec[i] / total[1]) * world_size
+        (scaler.scale(loss) if scaler else loss).backward()
+        sums += torch.tensor([out["c0_loss"].item() * n_audio[i], out["decoder_loss"].item() * n_dec[i],
+                              float(mask.any(-1).sum())], dtype=torch.float64)
+    if scaler:
+        scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.clip)
+    if scaler:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    sums = all_sum(sums)
+    c0, dec = float(sums[0] / total[0]), float(sums[1] / total[1])
+    return {"loss": c0 + dec, "c0_loss": c0, "decoder_loss": dec, "positions": float(sums[2])}
+
+
+@torch.no_grad()
+def evaluate(model: CSM, windows: ConversationWindows, cfg: TrainConfig, device: torch.device) -> dict:
+    """Validation losses over fixed windows, with the audio decoder on *every* frame."""
+    model.eval()
+    c0 = dec = n = 0.0
+    for b in range(cfg.eval_batches):
+        idx = [(b * cfg.batch + i) % len(windows) for i in range(cfg.batch)]
+        frames, mask = windows.batch(idx)
+        with autocast(cfg, device):
+            out = model(frames.to(device), mask.to(device), generator=torch.Generator().manual_seed(b),
+                        decoder_fraction=1.0)
+        c0 += float(out["c0_loss"]) * out["audio_frames"]
+        dec += float(out["decoder_loss"]) * out["audio_frames"]
+        n += out["audio_frames"]
+    model.train()
+    return {"valid_c0_loss": round(c0 / n, 4), "valid_decoder_loss": round(dec / n, 4),
+            "valid_loss": round((c0 + dec) / n, 4)}
+
+
+# --- the loop ---------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> Path:
+    rank, world_size = world()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device if cfg.device != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    out = Path(cfg.out)
+    origin = checkpoint.provenance("csm_lib.train", device)
+    train_w, valid_w, mcfg, info = load_data(cfg)
+    torch.manual_seed(cfg.seed)
+    raw = CSM(mcfg).to(device)
+    raw.backbone.gradient_checkpointing = cfg.checkpointing
+    decay = [p for n, p in raw.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in raw.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+    start = load_state(out, raw, opt) if cfg.resume else 0
+    model = torch.nn.parallel.DistributedDataParallel(raw) if world_size > 1 else raw
+    log_path = out / "log.csv"
+    history = read_log(log_path, start) if cfg.resume else []
+    evals: list[dict] = []
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        with log_path.open("w", newline="") as f:  # rewrite: drop rows after the resumed step
+            w = csv.DictWriter(f, LOG_FIELDS)
+            w.writeheader()
+            w.writerows(history)
+    meta = {"kind": "csm", "config": asdict(mcfg), "train": asdict(cfg), "data": info, "provenance": origin,
+            "world_size": world_size}
+    t0, positions, wall = time.perf_counter(), 0.0, 0.0
+    bar = progress(range(start, cfg.steps), desc="training CSM", disable=rank != 0)
+    step = start
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.steps, cfg)
+        m = train_step(model, raw, opt, scaler, train_w, step, cfg, rank, world_size, device)
+        positions += m["positions"]
+        wall = time.perf_counter() - t0
+        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+            row = {"step": step, "lr": f"{opt.param_groups[0]['lr']:.6g}", "loss": f"{m['loss']:.6f}",
+                   "c0_loss": f"{m['c0_loss']:.6f}", "decoder_loss": f"{m['decoder_loss']:.6f}",
+                   "positions_per_s": f"{positions / max(wall, 1e-9):.1f}", "seconds": f"{wall:.1f}"}
+            with log_path.open("a", newline="") as f:
+                csv.DictWriter(f, LOG_FIELDS).writerow(row)
+        done = step + 1
+        stop = cfg.minutes > 0 and wall > cfg.minutes * 60
+        if rank == 0 and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps or stop):
+            evals.append({"step": done} | evaluate(raw, valid_w, cfg, device))
+        if rank == 0 and (done % cfg.ckpt_every == 0 or done == cfg.steps or stop):
+            save_state(out, done, raw, opt, meta)
+        if stop:
+            break
+    final = step + 1 if cfg.steps > start else start
+    if rank == 0:
+        result = meta | {"steps": final, "wall_time_s": round(wall, 1), "parameters": raw.num_parameters(),
+                         "valid": evals[-1] if evals else None, "evals": evals}
+        checkpoint.save(out / "model", raw.state_dict(), result)
+        print(json.dumps({k: result[k] for k in ("steps", "wall_time_s", "valid")}, indent=2))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return out / "model.safetensors"
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[CSM, dict]:
+    """A trained CSM in eval mode and its sidecar metadata."""
+    from csm_lib.backbone import TransformerConfig
+
+    state, meta = checkpoint.load(path)
+    if meta.get("kind") != "csm":
+        raise ValueError(f"{path} is not a CSM checkpoint (kind={meta.get('kind')!r})")
+    c = dict(meta["config"])
+    c["backbone"], c["decoder"] = (TransformerConfig(**{**c[k], "rope_scaling": tuple(c[k]["rope_scaling"])
+                                                         if c[k].get("rope_scaling") else None})
+                                   for k in ("backbone", "decoder"))
+    model = CSM(CSMConfig(**c))
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.to(device).eval(), meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_overrides(TrainConfig(), sys.argv[1:] if argv is None else argv)
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

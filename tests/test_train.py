@@ -1,0 +1,124 @@
+"""The CSM training loop: data path, resume after SIGKILL, gradient accumulation and 2-rank DDP."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from csm_lib import checkpoint
+from csm_lib.dataset import ConversationWindows
+from csm_lib.train import TrainConfig, load_data, read_log
+
+ROOT = Path(__file__).resolve().parents[1]
+# a small corpus of its own (about 6 minutes), the shipped codec, the tiny model
+BASE = ["--preset=tiny", "--hours=0.1", "--corpus_seed=5", "--batch=4", "--max_len=192", "--eval_every=0",
+        "--log_every=1", "--threads=1", "--lr=3e-3", "--warmup=2"]
+
+
+def run(out: Path, *args: str, launcher: list[str] | None = None, wait: bool = True):
+    cmd = [*(launcher or [sys.executable, "-m"]), "csm_lib.train", *BASE, f"--out={out}", *args]
+    env = os.environ | {"CSM_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {int(r["step"]): float(r["loss"]) for r in read_log(out / "log.csv", 10**9)}
+
+
+@pytest.fixture(scope="module")
+def windows():
+    cfg = TrainConfig(preset="tiny", hours=0.1, corpus_seed=5, max_len=192)
+    train_w, valid_w, mcfg, info = load_data(cfg)
+    return train_w, mcfg, info
+
+
+def test_windows_are_whole_turns_within_max_len(windows):
+    w, mcfg, info = windows
+    K = mcfg.n_codebooks
+    assert info["train_windows"] == len(w) > 20
+    for i in range(len(w)):
+        frames, mask = w.window(i)
+        assert len(frames) <= w.max_len and frames.shape[1] == K + 1
+        assert ((mask[:, :K].all(-1)) ^ mask[:, K]).all()  # each position text only or audio only
+    c, start = w.starts[0]
+    first = w.conversations[c][start]
+    assert torch.equal(w.window(0)[0][: len(first.frames)], first.frames)
+    assert w.step_indices(7, 4, seed=0) == w.step_indices(7, 4, seed=0) != w.step_indices(8, 4, seed=0)
+    frames, mask = w.batch([0, 1, 2])
+    assert frames.shape[0] == 3 and not mask[0, len(w.window(0)[0]):].any()
+
+
+def test_a_turn_longer_than_the_window_is_cut(windows):
+    w, _, _ = windows
+    short = ConversationWindows([t for conv in w.conversations for t in conv], max_len=40)
+    assert max(len(short.window(i)[0]) for i in range(len(short))) == 40
+
+
+def test_resume_after_sigkill_gives_the_same_loss_curve(tmp_path):
+    steps = ["--steps=14", "--ckpt_every=4"]
+    run(tmp_path / "straight", *steps)
+    killed = tmp_path / "killed"
+    p = run(killed, *steps, wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline and max(losses(killed), default=-1) < 9:
+        time.sleep(0.2)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL
+    assert (killed / "latest").exists() and not (killed / "model.safetensors").exists()
+    resumed_from = int((killed / "latest").read_text().split("-")[1].split(".")[0])
+    assert 4 <= resumed_from < 14
+    run(killed, *steps, "--resume=true")
+    a, b = losses(tmp_path / "straight"), losses(killed)
+    assert sorted(a) == sorted(b) == list(range(14))
+    for s in a:
+        assert b[s] == pytest.approx(a[s], rel=1e-5, abs=1e-5), s
+    wa, _ = checkpoint.load(tmp_path / "straight" / "model.safetensors")
+    wb, _ = checkpoint.load(killed / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def _final_weights(out: Path) -> dict:
+    return checkpoint.load(out / "model.safetensors")[0]
+
+
+def test_ddp_two_ranks_and_accumulation_match_one_big_batch(tmp_path):
+    """Same global batch of 4 windows: 1 process, 1 process with 2 micro-batches, 2 gloo ranks."""
+    same = ["--steps=3", "--amp=fp32", "--decoder_fraction=1.0", "--ckpt_every=100"]
+    run(tmp_path / "one", *same)
+    run(tmp_path / "accum", *same, "--accum=2")
+    run(tmp_path / "ddp", *same, launcher=[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                                           "--master_port=29533", "-m"])
+    ref = _final_weights(tmp_path / "one")
+    before = losses(tmp_path / "one")
+    for other in ("accum", "ddp"):
+        w = _final_weights(tmp_path / other)
+        worst = max((w[k] - ref[k]).abs().max().item() for k in ref)
+        assert worst < 1e-5, (other, worst)
+        assert losses(tmp_path / other) == pytest.approx(before, rel=1e-5)
+    assert before[2] < before[0]  # and they learn: the loss falls over the 3 steps
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="multiple of accum"):
+        TrainConfig(batch=6, accum=4)
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(amp="fp8")
+    with pytest.raises(ValueError, match="unknown preset"):
+        TrainConfig(preset="huge")
+
+
+def test_read_log_skips_a_torn_line(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("step,lr,loss,c0_loss,decoder_loss,positions_per_s,seconds\n0,1,2,1,1,5,0.1\n1,1,2,1,1,5,0.2\n2,1,2")
+    assert [r["step"] for r in read_log(log, 10)] == ["0", "1"]
+    assert [r["step"] for r in read_log(log, 1)] == ["0"]
