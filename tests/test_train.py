@@ -122,3 +122,20 @@ def test_read_log_skips_a_torn_line(tmp_path):
     log.write_text("step,lr,loss,c0_loss,decoder_loss,positions_per_s,seconds\n0,1,2,1,1,5,0.1\n1,1,2,1,1,5,0.2\n2,1,2")
     assert [r["step"] for r in read_log(log, 10)] == ["0", "1"]
     assert [r["step"] for r in read_log(log, 1)] == ["0"]
+
+
+def test_evaluate_runs_end_to_end_on_a_trained_tiny_model(tmp_path):
+    """The reference-model evaluation on a (barely) trained tiny model: structure and ground truth."""
+    from csm_lib.evaluate import evaluate, held_out_targets
+
+    run(tmp_path / "m", "--steps=2", "--ckpt_every=100")
+    result = evaluate(tmp_path / "m" / "model.safetensors", max_turns=2, max_audio_length_ms=1600, split="train")
+    assert result["turns"] == 2
+    for name in ("with_context", "without_context"):
+        r = result[name]
+        assert r["seconds_mean"] <= 1.6 and 0 <= r["sim"] <= 1 and r["wer"] >= 0
+    gt = result["ground_truth"]
+    assert gt["wer"] < 0.5 and gt["sim"] > 0.7  # the corpus audio is judged as speech of that speaker
+    rows = [{"conversation": c, "turn": t} for c in "ab" for t in range(4)]
+    picked = held_out_targets(rows, 3)
+    assert [(r["conversation"], r["turn"], len(e)) for r, e in picked] == [("a", 2, 2), ("b", 2, 2), ("a", 3, 3)]

@@ -1,0 +1,132 @@
+"""Judging a trained CSM on held-out conversations, with and without their context.
+
+For each held-out turn (from the third turn of a conversation on, so that its speaker has spoken
+before) the model speaks the turn's text twice with the same seed: once **with context** (every
+earlier turn of the conversation, text and ground-truth audio, as ``Segment``s) and once
+**without**. Each generated turn is judged by the judges of chapter 01:
+
+* ``wer`` — pocketsphinx transcript against the text (``ground_truth`` beside it: the same judge on
+  the corpus audio of the same turns);
+* ``sim`` — speaker similarity (resemblyzer) to the target speaker's own earlier turns in that
+  conversation;
+* ``style_error`` — how far the turn's speaking style is from the speaker's style in that
+  conversation: the mean, over log F0 level, log F0 range and log syllable rate, of
+  ``|generated - speaker| / spread``, where *speaker* is measured (same pYIN and VAD) on the
+  speaker's earlier turns and *spread* is that feature's standard deviation over all ground-truth
+  held-out turns. 0 is the speaker's own style; 1 is a typical distance between two turns of the
+  corpus.
+
+``python -m csm_lib.evaluate MODEL.safetensors [--turns=N]`` writes ``results/reference_model.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from csm_lib import audio as A
+from csm_lib import checkpoint, data, metrics
+from csm_lib.generate import Generator, Segment
+from csm_lib.progress import progress
+from csm_lib.text import corpus_tokenizer
+from csm_lib.train import load_model
+from csm_lib.train_codec import load_codec
+
+STYLE_KEYS = ("f0_mean", "f0_std", "rate")
+
+
+def style_vector(p: dict) -> np.ndarray:
+    """Log F0 level, log F0 range, log syllable rate of ``metrics.prosody`` features."""
+    return np.log(np.array([max(p[k], 1e-3) if np.isfinite(p[k]) else np.nan for k in STYLE_KEYS]))
+
+
+def held_out_targets(rows: list[dict], max_turns: int) -> list[tuple[dict, list[dict]]]:
+    """(target row, earlier rows of its conversation) for turns >= 2, spread over the conversations."""
+    convs: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (r["conversation"], r["turn"])):
+        convs.setdefault(r["conversation"], []).append(r)
+    per_conv = [[(r, conv[:i]) for i, r in enumerate(conv) if i >= 2] for conv in convs.values()]
+    out = []
+    while len(out) < max_turns and any(per_conv):  # round-robin: every conversation before any twice
+        for targets in per_conv:
+            if targets and len(out) < max_turns:
+                out.append(targets.pop(0))
+    return out
+
+
+def judge(audio: torch.Tensor, sr: int, text: str) -> dict:
+    if audio.numel() < sr // 10:  # nothing (or almost nothing) was said
+        return {"hyp": "", "embedding": None, "style": np.full(3, np.nan), "seconds": audio.numel() / sr}
+    p = metrics.prosody(audio, sr, text)
+    return {"hyp": metrics.transcriber()(audio, sr), "embedding": metrics.speaker_embedding(audio, sr),
+            "style": style_vector(p), "seconds": audio.numel() / sr}
+
+
+def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
+             max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test") -> dict:
+    model, meta = load_model(model_path)
+    t = meta["train"]
+    folder = data.build(data.CorpusConfig.for_hours(t["hours"], seed=t["corpus_seed"]), t["data_root"])
+    codec, _ = load_codec(t["codec"])
+    gen = Generator(model, codec, corpus_tokenizer(folder))
+    sr = gen.sample_rate
+    targets = held_out_targets(data.load_manifest(folder, split), max_turns)
+    judged = []
+    t0 = time.perf_counter()
+    for i, (row, earlier) in enumerate(progress(targets, desc="generating and judging", unit="turn")):
+        context = [Segment(r["speaker"], r["text"], A.load(r["wav"])[0]) for r in earlier]
+        own = [s.audio for s in context if s.speaker == row["speaker"]]
+        ref_emb = metrics.speaker_embedding(torch.cat(own), sr)
+        ref_style = np.nanmean([style_vector(metrics.prosody(a, sr, r["text"]))
+                                for a, r in zip(own, [r for r in earlier if r["speaker"] == row["speaker"]],
+                                                strict=True)], axis=0)
+        entry = {"conversation": row["conversation"], "turn": row["turn"], "text": row["text"],
+                 "ref_embedding": ref_emb, "ref_style": ref_style,
+                 "ground_truth": judge(A.load(row["wav"])[0], sr, row["text"])}
+        for name, ctx in (("with_context", context), ("without_context", [])):
+            audio = gen.generate(row["text"], row["speaker"], ctx, max_audio_length_ms, temperature, topk,
+                                 seed=seed + i)
+            entry[name] = judge(audio, sr, row["text"])
+        judged.append(entry)
+    spread = np.nanstd(np.stack([e["ground_truth"]["style"] for e in judged]), axis=0)
+
+    def summary(name: str) -> dict:
+        hyps = [e[name]["hyp"] for e in judged]
+        sims = [metrics.similarity(e[name]["embedding"], e["ref_embedding"]) if e[name]["embedding"] is not None
+                else 0.0 for e in judged]
+        errs = [np.nanmean(np.abs(e[name]["style"] - e["ref_style"]) / spread) for e in judged]
+        return {"wer": round(metrics.wer([e["text"] for e in judged], hyps), 4),
+                "sim": round(float(np.mean(sims)), 4),
+                "style_error": round(float(np.nanmean(errs)), 4),
+                "style_error_n": int(np.isfinite(errs).sum()),
+                "seconds_mean": round(float(np.mean([e[name]["seconds"] for e in judged])), 2),
+                "examples": [{"turn": f"{e['conversation']}/{e['turn']}", "text": e["text"], "hyp": e[name]["hyp"]}
+                             for e in judged[:3]]}
+
+    return {"model": str(model_path), "model_steps": meta.get("steps"), "split": split, "turns": len(judged),
+            "settings": {"temperature": temperature, "topk": topk, "max_audio_length_ms": max_audio_length_ms,
+                         "seed": seed},
+            "ground_truth": summary("ground_truth"), "with_context": summary("with_context"),
+            "without_context": summary("without_context"), "style_spread_log": [round(float(s), 4) for s in spread],
+            "wall_time_s": round(time.perf_counter() - t0, 1),
+            "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("--"):
+        raise SystemExit("usage: python -m csm_lib.evaluate MODEL.safetensors [--turns=N] [--out=results/...json]")
+    opts = dict(a[2:].split("=", 1) for a in argv[1:])
+    result = evaluate(argv[0], max_turns=int(opts.get("turns", 40)))
+    out = Path(opts.get("out", "results/reference_model.json"))
+    checkpoint.atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+    print(json.dumps({k: result[k] for k in ("ground_truth", "with_context", "without_context")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
