@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval results workbook test lab lint clean-data
+.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval results workbook test lab lint clean-data
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -58,8 +58,21 @@ codec: setup
 codec-eval: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.train_codec eval --checkpoint=checkpoints/codec_reference
 
+## model: train the reference CSM on the CPU -> runs/reference, copied to checkpoints/csm_reference.{safetensors,json}
+## (builds a 5 h corpus and its codec tokens first; the run's length is MODEL_MINUTES of training)
+MODEL_MINUTES ?= 75
+model: setup
+	$(PY) -m csm_lib.train --preset=reference --hours=5 --batch=8 --max_len=512 --steps=100000 \
+	  --minutes=$(MODEL_MINUTES) --lr=2e-3 --warmup=200 --out=runs/reference
+	cp runs/reference/model.safetensors checkpoints/csm_reference.safetensors
+	cp runs/reference/model.json checkpoints/csm_reference.json
+
+## model-eval: judge the reference CSM on held-out conversations -> results/reference_model.json
+model-eval: setup
+	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate checkpoints/csm_reference.safetensors --turns=40
+
 ## results: every results/*.json this repository reports
-results: corpus-bench judges-baseline codec-eval
+results: corpus-bench judges-baseline codec-eval model-eval
 
 ## workbook: execute every notebook in order, headless, in place (cwd = notebooks/).
 ## CSM_PROGRESS=0 so the saved outputs carry no progress bars, matching what `make test` (nbval) produces.

@@ -69,8 +69,16 @@ def judge(audio: torch.Tensor, sr: int, text: str) -> dict:
 
 def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
              max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test") -> dict:
+    """Judge the checkpoint ``model_path`` (module docstring): what ``results/reference_model.json`` holds."""
     model, meta = load_model(model_path)
-    t = meta["train"]
+    result = evaluate_model(model, meta["train"], max_turns, temperature, topk, max_audio_length_ms, seed, split)
+    return {"model": str(model_path), "model_steps": meta.get("steps")} | result
+
+
+def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
+                   max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test") -> dict:
+    """Judge ``model``, trained with the ``train.TrainConfig`` fields ``t`` (corpus, codec)."""
+    was_training = model.training
     folder = data.build(data.CorpusConfig.for_hours(t["hours"], seed=t["corpus_seed"]), t["data_root"])
     codec, _ = load_codec(t["codec"])
     gen = Generator(model, codec, corpus_tokenizer(folder))
@@ -93,6 +101,7 @@ def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0
                                  seed=seed + i)
             entry[name] = judge(audio, sr, row["text"])
         judged.append(entry)
+    model.train(was_training)
     spread = np.nanstd(np.stack([e["ground_truth"]["style"] for e in judged]), axis=0)
 
     def summary(name: str) -> dict:
@@ -108,7 +117,7 @@ def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0
                 "examples": [{"turn": f"{e['conversation']}/{e['turn']}", "text": e["text"], "hyp": e[name]["hyp"]}
                              for e in judged[:3]]}
 
-    return {"model": str(model_path), "model_steps": meta.get("steps"), "split": split, "turns": len(judged),
+    return {"split": split, "turns": len(judged),
             "settings": {"temperature": temperature, "topk": topk, "max_audio_length_ms": max_audio_length_ms,
                          "seed": seed},
             "ground_truth": summary("ground_truth"), "with_context": summary("with_context"),

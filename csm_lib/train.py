@@ -58,10 +58,12 @@ class TrainConfig:
     weight_decay: float = 0.1
     clip: float = 1.0
     amp: str = "bf16"  # bf16 | fp16 (CUDA only) | fp32
+    autocast_cache: bool = True  # keep autocast's half-precision weight copies for the backward (2 bytes/param)
     checkpointing: bool = False  # gradient checkpointing in the backbone
     decoder_fraction: float = 1 / 16
     eval_every: int = 250
     eval_batches: int = 4
+    judge_turns: int = 0  # > 0: at each evaluation also generate this many valid turns and judge them (WER, SIM)
     ckpt_every: int = 250
     log_every: int = 10
     seed: int = 0
@@ -170,7 +172,8 @@ def autocast(cfg: TrainConfig, device: torch.device):
         return contextlib.nullcontext()
     if cfg.amp == "fp16" and device.type != "cuda":
         raise ValueError("amp=fp16 needs a CUDA device (GradScaler); use bf16 on the CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16,
+                          cache_enabled=cfg.autocast_cache)
 
 
 def train_step(model, raw: CSM, opt, scaler, windows: ConversationWindows, step: int, cfg: TrainConfig,
@@ -226,6 +229,17 @@ def evaluate(model: CSM, windows: ConversationWindows, cfg: TrainConfig, device:
             "valid_loss": round((c0 + dec) / n, 4)}
 
 
+def judge(model: CSM, cfg: TrainConfig) -> dict:
+    """WER and SIM of ``cfg.judge_turns`` generated valid turns (with context), or nothing."""
+    if not cfg.judge_turns:
+        return {}
+    from csm_lib.evaluate import evaluate_model  # evaluate imports this module
+
+    r = evaluate_model(model.cpu(), asdict(cfg), max_turns=cfg.judge_turns, split="valid")
+    model.to(cfg.device)
+    return {"valid_wer": r["with_context"]["wer"], "valid_sim": r["with_context"]["sim"]}
+
+
 # --- the loop ---------------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> Path:
     rank, world_size = world()
@@ -274,7 +288,7 @@ def train(cfg: TrainConfig) -> Path:
         done = step + 1
         stop = cfg.minutes > 0 and wall > cfg.minutes * 60
         if rank == 0 and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps or stop):
-            evals.append({"step": done} | evaluate(raw, valid_w, cfg, device))
+            evals.append({"step": done} | evaluate(raw, valid_w, cfg, device) | judge(raw, cfg))
         if rank == 0 and (done % cfg.ckpt_every == 0 or done == cfg.steps or stop):
             save_state(out, done, raw, opt, meta)
         if stop:
@@ -282,7 +296,8 @@ def train(cfg: TrainConfig) -> Path:
     final = step + 1 if cfg.steps > start else start
     if rank == 0:
         result = meta | {"steps": final, "wall_time_s": round(wall, 1), "parameters": raw.num_parameters(),
-                         "valid": evals[-1] if evals else None, "evals": evals}
+                         "valid": evals[-1] if evals else None, "evals": evals,
+                         "history": read_log(log_path, final)}
         checkpoint.save(out / "model", raw.state_dict(), result)
         print(json.dumps({k: result[k] for k in ("steps", "wall_time_s", "valid")}, indent=2))
     if dist.is_initialized():
