@@ -59,14 +59,16 @@ codec-eval: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.train_codec eval --checkpoint=checkpoints/codec_reference
 
 ## model: train the reference CSM on the CPU -> runs/reference, copied to checkpoints/csm_reference.{safetensors,json}
-## (builds a 5 h corpus and its codec tokens first, ~5 min; then about 75 min of training on 2 cores).
+## (builds a 5 h corpus and its codec tokens first, ~5 min; then about 80 min of training on one core).
 ## fp32, not bf16: on a CPU without AMX, bf16 autocast measured 1.7x slower (chapter 07).
+## One thread: two torch threads on two shared cores slow to a crawl whenever anything else runs.
 model: setup
-	$(PY) -m csm_lib.train --preset=reference --hours=5 --batch=8 --max_len=512 --steps=5000 --minutes=85 \
-	  --lr=1.5e-3 --warmup=200 --amp=fp32 --decoder_fraction=0.25 --eval_every=1000 --judge_turns=4 \
-	  --out=runs/reference
+	OMP_NUM_THREADS=1 $(PY) -m csm_lib.train --preset=reference --hours=5 --batch=8 --max_len=512 --steps=3500 \
+	  --minutes=85 --lr=1.5e-3 --warmup=200 --amp=fp32 --decoder_fraction=0.25 --eval_every=1000 --judge_turns=4 \
+	  --threads=1 --out=runs/reference
 	cp runs/reference/model.safetensors checkpoints/csm_reference.safetensors
 	cp runs/reference/model.json checkpoints/csm_reference.json
+	cp runs/reference/model.tokenizer.json checkpoints/csm_reference.tokenizer.json
 
 ## model-eval: judge the reference CSM on held-out conversations -> results/reference_model.json
 model-eval: setup

@@ -33,8 +33,8 @@ from csm_lib import audio as A
 from csm_lib import checkpoint, data, metrics
 from csm_lib.generate import Generator, Segment
 from csm_lib.progress import progress
-from csm_lib.text import corpus_tokenizer
-from csm_lib.train import load_model
+from csm_lib.text import TextTokenizer, corpus_tokenizer
+from csm_lib.train import load_model, tokenizer_path
 from csm_lib.train_codec import load_codec
 
 STYLE_KEYS = ("f0_mean", "f0_std", "rate")
@@ -71,17 +71,21 @@ def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0
              max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test") -> dict:
     """Judge the checkpoint ``model_path`` (module docstring): what ``results/reference_model.json`` holds."""
     model, meta = load_model(model_path)
-    result = evaluate_model(model, meta["train"], max_turns, temperature, topk, max_audio_length_ms, seed, split)
+    tok = tokenizer_path(model_path)
+    tokenizer = TextTokenizer.load(tok) if tok.exists() else None
+    result = evaluate_model(model, meta["train"], max_turns, temperature, topk, max_audio_length_ms, seed, split,
+                            tokenizer)
     return {"model": str(model_path), "model_steps": meta.get("steps")} | result
 
 
 def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
-                   max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test") -> dict:
-    """Judge ``model``, trained with the ``train.TrainConfig`` fields ``t`` (corpus, codec)."""
+                   max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test",
+                   tokenizer: TextTokenizer | None = None) -> dict:
+    """Judge ``model``, trained with the ``train.TrainConfig`` fields ``t`` (corpus, codec, its tokenizer)."""
     was_training = model.training
     folder = data.build(data.CorpusConfig.for_hours(t["hours"], seed=t["corpus_seed"]), t["data_root"])
     codec, _ = load_codec(t["codec"])
-    gen = Generator(model, codec, corpus_tokenizer(folder))
+    gen = Generator(model, codec, tokenizer or corpus_tokenizer(folder))
     sr = gen.sample_rate
     targets = held_out_targets(data.load_manifest(folder, split), max_turns)
     judged = []

@@ -102,6 +102,7 @@ def load_data(cfg: TrainConfig):
             "codec": cfg.codec, "codec_fingerprint": fingerprint(cfg.codec), "train_windows": len(windows["train"]),
             "valid_windows": len(windows["valid"]), "train_hours": round(sum(
                 r["duration"] for r in rows if r["split"] == "train") / 3600, 3)}
+    info["tokenizer"] = tokenizer
     return windows["train"], windows["valid"], mcfg, info
 
 
@@ -249,6 +250,7 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     origin = checkpoint.provenance("csm_lib.train", device)
     train_w, valid_w, mcfg, info = load_data(cfg)
+    tokenizer = info.pop("tokenizer")
     torch.manual_seed(cfg.seed)
     raw = CSM(mcfg).to(device)
     raw.backbone.gradient_checkpointing = cfg.checkpointing
@@ -299,11 +301,17 @@ def train(cfg: TrainConfig) -> Path:
                          "valid": evals[-1] if evals else None, "evals": evals,
                          "history": read_log(log_path, final)}
         checkpoint.save(out / "model", raw.state_dict(), result)
+        tokenizer.save(tokenizer_path(out / "model.safetensors"))  # the model's text vocabulary travels with it
         print(json.dumps({k: result[k] for k in ("steps", "wall_time_s", "valid")}, indent=2))
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     return out / "model.safetensors"
+
+
+def tokenizer_path(model_path: str | Path) -> Path:
+    """Where a model checkpoint's tokenizer lives: ``name.safetensors`` -> ``name.tokenizer.json``."""
+    return Path(model_path).with_suffix(".tokenizer.json")
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[CSM, dict]:

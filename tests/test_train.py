@@ -129,6 +129,7 @@ def test_evaluate_runs_end_to_end_on_a_trained_tiny_model(tmp_path):
     from csm_lib.evaluate import evaluate, held_out_targets
 
     run(tmp_path / "m", "--steps=2", "--ckpt_every=100")
+    assert (tmp_path / "m" / "model.tokenizer.json").exists()
     result = evaluate(tmp_path / "m" / "model.safetensors", max_turns=2, max_audio_length_ms=1600, split="train")
     assert result["turns"] == 2
     for name in ("with_context", "without_context"):
