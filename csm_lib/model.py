@@ -42,6 +42,10 @@ class CSMConfig:
     audio_vocab_size: int = 1024  # entries per codebook
     text_vocab_size: int = 1024  # the corpus BPE (text.py), special tokens included
     decoder_fraction: float = 1 / 16  # compute amortization
+    # training only: dropout on the backbone's input embedding of audio positions (Tacotron's
+    # "prenet dropout"). With little data the backbone otherwise learns to recite a memorised
+    # turn from its first frames instead of reading the text.
+    audio_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.decoder.max_seq_len < self.n_codebooks:
@@ -136,7 +140,11 @@ class CSM(nn.Module):
         ``decoder_loss`` (means over their frames), and the frame counts.
         """
         K = self.cfg.n_codebooks
-        h = self.backbone(self.embed_frames(frames, mask), padding_mask=mask.any(-1))  # (B, S, D)
+        x = self.embed_frames(frames, mask)  # (B, S, D)
+        if self.training and self.cfg.audio_dropout > 0:
+            is_audio = mask[..., :K].all(-1, keepdim=True)  # (B, S, 1)
+            x = torch.where(is_audio, F.dropout(x, self.cfg.audio_dropout, training=True), x)
+        h = self.backbone(x, padding_mask=mask.any(-1))  # (B, S, D)
         target = self.audio_targets(mask)  # (B, S-1)
         h_prev, codes = h[:, :-1][target], frames[:, 1:, :K][target]  # (N, D), (N, K)
         if len(codes) == 0:

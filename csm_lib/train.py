@@ -61,6 +61,7 @@ class TrainConfig:
     autocast_cache: bool = True  # keep autocast's half-precision weight copies for the backward (2 bytes/param)
     checkpointing: bool = False  # gradient checkpointing in the backbone
     decoder_fraction: float = 1 / 16
+    audio_dropout: float = 0.0  # model.CSMConfig.audio_dropout
     eval_every: int = 250
     eval_batches: int = 4
     judge_turns: int = 0  # > 0: at each evaluation also generate this many valid turns and judge them (WER, SIM)
@@ -95,6 +96,7 @@ def load_data(cfg: TrainConfig):
     base = PRESETS[cfg.preset]
     mcfg = replace(base, n_codebooks=codec.cfg.n_q, audio_vocab_size=codec.cfg.codebook_size,
                    text_vocab_size=tokenizer.vocab_size, decoder_fraction=cfg.decoder_fraction,
+                   audio_dropout=cfg.audio_dropout,
                    backbone=replace(base.backbone, max_seq_len=max(base.backbone.max_seq_len, cfg.max_len)),
                    decoder=replace(base.decoder, max_seq_len=max(base.decoder.max_seq_len, codec.cfg.n_q)))
     corpus_cfg = data.CorpusConfig.for_hours(cfg.hours, seed=cfg.corpus_seed)
@@ -291,6 +293,8 @@ def train(cfg: TrainConfig) -> Path:
         stop = cfg.minutes > 0 and wall > cfg.minutes * 60
         if rank == 0 and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps or stop):
             evals.append({"step": done} | evaluate(raw, valid_w, cfg, device) | judge(raw, cfg))
+            with (out / "evals.jsonl").open("a") as f:
+                f.write(json.dumps(evals[-1]) + "\n")
         if rank == 0 and (done % cfg.ckpt_every == 0 or done == cfg.steps or stop):
             save_state(out, done, raw, opt, meta)
         if stop:

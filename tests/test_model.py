@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from csm_lib.backbone import TransformerConfig
-from csm_lib.model import CSM, CSMConfig
+from csm_lib.model import CSM, PRESETS, CSMConfig
 
 K, V = 4, 32
 CFG = CSMConfig(backbone=TransformerConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=64),
@@ -136,3 +136,24 @@ def test_topk_sampling_stays_in_the_top_k():
     s = sample_topk(logits, 1.0, 3, torch.Generator().manual_seed(0))
     assert set(s.tolist()) <= {7, 8, 9} and len(set(s.tolist())) == 3
     assert torch.equal(sample_topk(logits, 0, 3), torch.full((200,), 9))
+
+
+def test_audio_dropout_only_in_training():
+    import dataclasses
+
+    cfg = dataclasses.replace(PRESETS["tiny"], audio_dropout=0.5)
+    torch.manual_seed(0)
+    model = CSM(cfg)
+    K = cfg.n_codebooks
+    frames = torch.randint(0, cfg.audio_vocab_size, (2, 12, K + 1))
+    mask = torch.zeros_like(frames, dtype=torch.bool)
+    mask[:, :4, K] = True
+    mask[:, 4:, :K] = True
+    model.eval()
+    a = model(frames, mask, generator=torch.Generator().manual_seed(0))["loss"]
+    b = model(frames, mask, generator=torch.Generator().manual_seed(0))["loss"]
+    assert torch.equal(a, b)
+    model.train()
+    torch.manual_seed(1)
+    c = model(frames, mask, generator=torch.Generator().manual_seed(0))["loss"]
+    assert not torch.equal(a, c)
