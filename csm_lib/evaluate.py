@@ -130,8 +130,57 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
             "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
 
 
+@torch.no_grad()
+def loss_by_turn_position(model, windows, indices: list[int], scramble_text: bool = False, seed: int = 0) -> dict:
+    """Codebook-0 cross-entropy by frame position within its turn: does the model read the text?
+
+    A model that memorised its training turns predicts them from their first frames, text or no
+    text; one that reads the text does well from the start and badly once the text is scrambled.
+    Returns mean nats for frames 1-2, 3-9, 10-29 and 30+ of each turn.
+    """
+    import torch.nn.functional as F
+
+    K = model.cfg.n_codebooks
+    frames, mask = windows.batch(indices)
+    if scramble_text:
+        text = mask[..., K]
+        g = torch.Generator().manual_seed(seed)
+        frames[..., K][text] = frames[..., K][text][torch.randperm(int(text.sum()), generator=g)]
+    h = model.backbone(model.embed_frames(frames, mask), padding_mask=mask.any(-1))
+    ce = F.cross_entropy(model.codebook0_head(h[:, :-1]).transpose(1, 2), frames[:, 1:, 0], reduction="none")
+    audio = mask[:, 1:, :K].all(-1)  # (B, S-1): target is an audio frame
+    position = torch.zeros_like(ce, dtype=torch.long)  # 1 for a turn's first audio frame, 2 next, ...
+    for s in range(ce.shape[1]):
+        position[:, s] = torch.where(audio[:, s], (position[:, s - 1] if s else 0) + 1, 0)
+    bands = {"frames_1_2": (1, 3), "frames_3_9": (3, 10), "frames_10_29": (10, 30), "frames_30_on": (30, 10**9)}
+    return {name: round(float(ce[audio & (position >= lo) & (position < hi)].mean()), 3)
+            for name, (lo, hi) in bands.items()}
+
+
+def probe(path: str | Path, n_windows: int = 40) -> dict:
+    """``loss_by_turn_position`` on training and validation windows, text intact and scrambled."""
+    from csm_lib.train import TrainConfig, load_data
+
+    model, meta = load_model(path)
+    t = meta["train"]
+    cfg = TrainConfig(preset=t["preset"], hours=t["hours"], corpus_seed=t["corpus_seed"], codec=t["codec"],
+                      max_len=t["max_len"], data_root=t["data_root"])
+    train_w, valid_w, _, _ = load_data(cfg)
+    idx = list(range(n_windows))
+    return {"model": str(path), "step": meta.get("step", meta.get("steps")),
+            "train": loss_by_turn_position(model, train_w, idx),
+            "train_text_scrambled": loss_by_turn_position(model, train_w, idx, scramble_text=True),
+            "valid": loss_by_turn_position(model, valid_w, idx),
+            "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["probe"] and len(argv) == 3:  # python -m csm_lib.evaluate probe MODEL OUT.json
+        result = probe(argv[1])
+        checkpoint.atomic_write(Path(argv[2]), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+        print(json.dumps(result, indent=2))
+        return
     if not argv or argv[0].startswith("--"):
         raise SystemExit("usage: python -m csm_lib.evaluate MODEL.safetensors [--turns=N] [--out=results/...json]")
     opts = dict(a[2:].split("=", 1) for a in argv[1:])

@@ -319,7 +319,7 @@ def tokenizer_path(model_path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[CSM, dict]:
-    """A trained CSM in eval mode and its sidecar metadata."""
+    """A trained CSM in eval mode and its sidecar metadata (from ``model.safetensors`` or a ``state-*``)."""
     from csm_lib.backbone import TransformerConfig
 
     state, meta = checkpoint.load(path)
@@ -330,6 +330,8 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[CSM, dict]:
                                                          if c[k].get("rope_scaling") else None})
                                    for k in ("backbone", "decoder"))
     model = CSM(CSMConfig(**c))
+    if any(k.startswith("model.") for k in state):  # a training state: weights and optimizer moments
+        state = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.to(device).eval(), meta
 
