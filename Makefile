@@ -59,20 +59,22 @@ codec-eval: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.train_codec eval --checkpoint=checkpoints/codec_reference
 
 ## model: train the reference CSM on the CPU -> runs/reference, copied to checkpoints/csm_reference.{safetensors,json}
-## (builds a 5 h corpus and its codec tokens first, ~5 min; then about 80 min of training on one core).
+## (builds a 5 h corpus and its codec tokens first, ~5 min; then 45 min of training on one core).
 ## fp32, not bf16: on a CPU without AMX, bf16 autocast measured 1.7x slower (chapter 07).
 ## One thread: two torch threads on two shared cores slow to a crawl whenever anything else runs.
+## audio_dropout=0.5: without it the model memorises its training turns (results/reference_attempt1_probe.json).
 model: setup
-	OMP_NUM_THREADS=1 $(PY) -m csm_lib.train --preset=reference --hours=5 --batch=8 --max_len=512 --steps=3500 \
-	  --minutes=85 --lr=1.5e-3 --warmup=200 --amp=fp32 --decoder_fraction=0.25 --eval_every=1000 --judge_turns=4 \
-	  --threads=1 --out=runs/reference
+	OMP_NUM_THREADS=1 $(PY) -m csm_lib.train --preset=reference --hours=5 --batch=8 --max_len=512 --steps=2000 \
+	  --minutes=45 --lr=1.5e-3 --warmup=200 --amp=fp32 --decoder_fraction=0.25 --audio_dropout=0.5 \
+	  --eval_every=250 --judge_turns=0 --threads=1 --out=runs/reference
 	cp runs/reference/model.safetensors checkpoints/csm_reference.safetensors
 	cp runs/reference/model.json checkpoints/csm_reference.json
 	cp runs/reference/model.tokenizer.json checkpoints/csm_reference.tokenizer.json
 
-## model-eval: judge the reference CSM on held-out conversations -> results/reference_model.json
+## model-eval: judge the reference CSM on held-out conversations -> results/reference_model.json, reference_model_probe.json
 model-eval: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate checkpoints/csm_reference.safetensors --turns=40
+	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate probe checkpoints/csm_reference.safetensors results/reference_model_probe.json
 
 ## results: every results/*.json this repository reports
 results: corpus-bench judges-baseline codec-eval model-eval
