@@ -118,6 +118,3 @@ class ConversationWindows:
         """The windows of training step ``step``: a pure function of ``(seed, step)``."""
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         return torch.randint(len(self), (batch_size,), generator=g).tolist()
-
-    def frames_per_window(self) -> float:
-        return float(np.mean([len(self.window(i)[0]) for i in range(len(self))]))
