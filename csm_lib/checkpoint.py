@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -31,6 +32,19 @@ def atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def cached_npz(path: Path, keys: list[str], compute) -> dict:
+    """Arrays named ``keys``: from the ``.npz`` cache at ``path`` when it holds them all, else
+    ``compute()`` (a dict of arrays), written to ``path`` atomically for the next time."""
+    if path.exists():
+        with np.load(path) as z:
+            arrays = dict(z)
+        if all(k in arrays for k in keys):
+            return arrays
+    arrays = compute()
+    atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    return arrays
 
 
 def save(path: str | Path, state: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype | None = None) -> Path:

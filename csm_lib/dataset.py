@@ -41,18 +41,15 @@ def fingerprint(path: str | Path) -> str:
 @torch.no_grad()
 def encode_corpus(folder: str | Path, rows: list[dict], codec: Codec, codec_id: str) -> dict[str, np.ndarray]:
     """Codes ``(K, F)`` int16 of every row's audio, keyed by the wav's stem; computed once, then cached."""
-    cache = Path(folder) / f"codes-{codec_id}.npz"
-    if cache.exists():
-        with np.load(cache) as z:
-            codes = dict(z)
-        if all(Path(r["wav"]).stem in codes for r in rows):
-            return codes
-    codes = {}
-    for r in progress(rows, desc="encoding corpus"):
-        wav = A.normalize_loudness(A.load(r["wav"])[0])
-        codes[Path(r["wav"]).stem] = codec.encode(wav[None])[0].numpy().astype(np.int16)
-    checkpoint.atomic_write(cache, lambda tmp: np.savez(open(tmp, "wb"), **codes))
-    return codes
+    def encode() -> dict[str, np.ndarray]:
+        codes = {}
+        for r in progress(rows, desc="encoding corpus"):
+            wav = A.normalize_loudness(A.load(r["wav"])[0])
+            codes[Path(r["wav"]).stem] = codec.encode(wav[None])[0].numpy().astype(np.int16)
+        return codes
+
+    stems = [Path(r["wav"]).stem for r in rows]
+    return checkpoint.cached_npz(Path(folder) / f"codes-{codec_id}.npz", stems, encode)
 
 
 @dataclass

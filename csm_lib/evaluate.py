@@ -68,12 +68,23 @@ def judge(audio: torch.Tensor, sr: int, text: str) -> dict:
 
 
 def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
-             max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test") -> dict:
-    """Judge the checkpoint ``model_path`` (module docstring): what ``results/reference_model.json`` holds."""
+             max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test",
+             hours: float | None = None, corpus_seed: int | None = None) -> dict:
+    """Judge the checkpoint ``model_path`` (module docstring): what ``results/reference_model.json`` holds.
+
+    By default the held-out split of the model's own training corpus; ``hours``/``corpus_seed`` pick
+    another corpus, so that two models trained on different corpora meet the same test turns (a
+    corpus of another seed shares no conversation with either).
+    """
     model, meta = load_model(model_path)
     tok = tokenizer_path(model_path)
     tokenizer = TextTokenizer.load(tok) if tok.exists() else None
-    result = evaluate_model(model, meta["train"], max_turns, temperature, topk, max_audio_length_ms, seed, split,
+    t = meta["train"] | {"data_root": str(data.DEFAULT_ROOT)}  # this clone's corpora, not the trainer's path
+    if hours is not None:
+        t["hours"] = hours
+    if corpus_seed is not None:
+        t["corpus_seed"] = corpus_seed
+    result = evaluate_model(model, t, max_turns, temperature, topk, max_audio_length_ms, seed, split,
                             tokenizer)
     return {"model": str(model_path), "model_steps": meta.get("steps")} | result
 
@@ -121,7 +132,7 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
                 "examples": [{"turn": f"{e['conversation']}/{e['turn']}", "text": e["text"], "hyp": e[name]["hyp"]}
                              for e in judged[:3]]}
 
-    return {"split": split, "turns": len(judged),
+    return {"corpus": folder.name, "split": split, "turns": len(judged),
             "settings": {"temperature": temperature, "topk": topk, "max_audio_length_ms": max_audio_length_ms,
                          "seed": seed},
             "ground_truth": summary("ground_truth"), "with_context": summary("with_context"),
@@ -159,12 +170,13 @@ def loss_by_turn_position(model, windows, indices: list[int], scramble_text: boo
 
 def probe(path: str | Path, n_windows: int = 40) -> dict:
     """``loss_by_turn_position`` on training and validation windows, text intact and scrambled."""
+    from dataclasses import fields
+
     from csm_lib.train import TrainConfig, load_data
 
     model, meta = load_model(path)
-    t = meta["train"]
-    cfg = TrainConfig(preset=t["preset"], hours=t["hours"], corpus_seed=t["corpus_seed"], codec=t["codec"],
-                      max_len=t["max_len"], data_root=t["data_root"])
+    t = meta["train"] | {"data_root": str(data.DEFAULT_ROOT)}  # this clone's corpora, not the trainer's path
+    cfg = TrainConfig(**{f.name: t[f.name] for f in fields(TrainConfig) if f.name in t})
     train_w, valid_w, _, _ = load_data(cfg)
     idx = list(range(n_windows))
     return {"model": str(path), "step": meta.get("step", meta.get("steps")),
@@ -182,9 +194,15 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result, indent=2))
         return
     if not argv or argv[0].startswith("--"):
-        raise SystemExit("usage: python -m csm_lib.evaluate MODEL.safetensors [--turns=N] [--out=results/...json]")
+        raise SystemExit("usage: python -m csm_lib.evaluate MODEL.safetensors [--turns=N] [--hours=H --corpus_seed=S]"
+                         " [--out=results/...json]")
     opts = dict(a[2:].split("=", 1) for a in argv[1:])
-    result = evaluate(argv[0], max_turns=int(opts.get("turns", 40)))
+    unknown = set(opts) - {"turns", "hours", "corpus_seed", "out"}
+    if unknown:
+        raise SystemExit(f"unknown option(s) {sorted(unknown)}; expected --turns, --hours, --corpus_seed, --out")
+    result = evaluate(argv[0], max_turns=int(opts.get("turns", 40)),
+                      hours=float(opts["hours"]) if "hours" in opts else None,
+                      corpus_seed=int(opts["corpus_seed"]) if "corpus_seed" in opts else None)
     out = Path(opts.get("out", "results/reference_model.json"))
     checkpoint.atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
     print(json.dumps({k: result[k] for k in ("ground_truth", "with_context", "without_context")}, indent=2))

@@ -78,20 +78,13 @@ def _labels_job(job: tuple[str, str]) -> np.ndarray:
 
 def phone_labels_for(folder: Path, rows: list[dict], workers: int | None = None) -> dict[str, np.ndarray]:
     """Phone labels of every row, computed once (in parallel) and cached in ``folder/phones.npz``."""
-    cache = folder / "phones.npz"
-    if cache.exists():
-        with np.load(cache) as z:
-            labels = dict(z)
-        if all(Path(r["wav"]).stem in labels for r in rows):
-            return labels
-    jobs = [(r["wav"], r["text"]) for r in rows]
-    with mp.get_context("spawn").Pool(workers or os.cpu_count()) as pool:
-        out = list(progress(pool.imap(_labels_job, jobs, chunksize=8), total=len(jobs), desc="aligning phones"))
-    labels = {Path(r["wav"]).stem: lab for r, lab in zip(rows, out, strict=True)}
-    tmp = folder / "phones.tmp.npz"
-    np.savez(tmp, **labels)
-    os.replace(tmp, cache)
-    return labels
+    def align() -> dict[str, np.ndarray]:
+        jobs = [(r["wav"], r["text"]) for r in rows]
+        with mp.get_context("spawn").Pool(workers or os.cpu_count()) as pool:
+            out = list(progress(pool.imap(_labels_job, jobs, chunksize=8), total=len(jobs), desc="aligning phones"))
+        return {Path(r["wav"]).stem: lab for r, lab in zip(rows, out, strict=True)}
+
+    return checkpoint.cached_npz(folder / "phones.npz", [Path(r["wav"]).stem for r in rows], align)
 
 
 class Clips:

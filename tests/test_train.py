@@ -126,7 +126,7 @@ def test_read_log_skips_a_torn_line(tmp_path):
 
 def test_evaluate_runs_end_to_end_on_a_trained_tiny_model(tmp_path):
     """The reference-model evaluation on a (barely) trained tiny model: structure and ground truth."""
-    from csm_lib.evaluate import evaluate, held_out_targets
+    from csm_lib.evaluate import evaluate, held_out_targets, probe
 
     run(tmp_path / "m", "--steps=2", "--ckpt_every=100")
     assert (tmp_path / "m" / "model.tokenizer.json").exists()
@@ -137,6 +137,29 @@ def test_evaluate_runs_end_to_end_on_a_trained_tiny_model(tmp_path):
         assert r["seconds_mean"] <= 1.6 and 0 <= r["sim"] <= 1 and r["wer"] >= 0
     gt = result["ground_truth"]
     assert gt["wer"] < 0.5 and gt["sim"] > 0.7  # the corpus audio is judged as speech of that speaker
+    other = evaluate(tmp_path / "m" / "model.safetensors", max_turns=1, max_audio_length_ms=800, hours=0.1,
+                     corpus_seed=6)  # the held-out turns of another corpus, through the model's own tokenizer
+    assert other["turns"] == 1 and other["corpus"] != result["corpus"]
+    probed = probe(tmp_path / "m" / "model.safetensors", n_windows=4)
+    for part in ("train", "train_text_scrambled", "valid"):
+        assert all(v > 0 for v in probed[part].values())
     rows = [{"conversation": c, "turn": t} for c in "ab" for t in range(4)]
     picked = held_out_targets(rows, 3)
     assert [(r["conversation"], r["turn"], len(e)) for r, e in picked] == [("a", 2, 2), ("b", 2, 2), ("a", 3, 3)]
+
+
+def test_cached_npz_computes_once_and_again_when_keys_are_missing(tmp_path):
+    import numpy as np
+
+    calls = []
+
+    def compute(n):
+        calls.append(n)
+        return {f"k{i}": np.full(3, i) for i in range(n)}
+
+    cache = tmp_path / "c.npz"
+    assert list(checkpoint.cached_npz(cache, ["k0", "k1"], lambda: compute(2))) == ["k0", "k1"]
+    assert checkpoint.cached_npz(cache, ["k1"], lambda: compute(9))["k1"].tolist() == [1, 1, 1]
+    assert calls == [2]  # the second call read the cache
+    assert len(checkpoint.cached_npz(cache, ["k2"], lambda: compute(3))) == 3 and calls == [2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]  # no temporary file left behind
