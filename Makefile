@@ -59,19 +59,22 @@ codec-eval: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.train_codec eval --checkpoint=checkpoints/codec_reference
 
 ## model: train the reference CSM on the CPU -> runs/reference, copied to checkpoints/csm_reference.{safetensors,json}
-## (builds a 5 h corpus and its codec tokens first, ~5 min; then 45 min of training on one core).
-## fp32, not bf16: on a CPU without AMX, bf16 autocast measured 1.7x slower (chapter 07).
-## One thread: two torch threads on two shared cores slow to a crawl whenever anything else runs.
-## audio_dropout=0.5: without it the model memorises its training turns (results/reference_attempt1_probe.json).
+## (builds a 40 h corpus of its own seed, ~15 min, and its codec tokens, ~9 min; then 80 min of training on
+## 2 threads, about 4,800 of the 5,000 steps). Run nothing else meanwhile: two torch threads on two shared
+## cores slow to a crawl when anything else runs (use --threads=1 then, about 1.6x slower per step).
+## fp32, not bf16: on a CPU without AMX, bf16 autocast measured 1.9x slower (chapter 07).
+## audio_dropout=0.5: without it the model memorises its training turns (results/reference_attempt1_probe.json);
+## 40 h, not 5 h: on 5 h it still over-fitted (train/valid codebook-0 loss 1.2/2.94 after 1,653 steps).
 model: setup
-	OMP_NUM_THREADS=1 $(PY) -m csm_lib.train --preset=reference --hours=5 --batch=8 --max_len=512 --steps=2000 \
-	  --minutes=45 --lr=1.5e-3 --warmup=200 --amp=fp32 --decoder_fraction=0.25 --audio_dropout=0.5 \
-	  --eval_every=250 --judge_turns=0 --threads=1 --out=runs/reference
+	OMP_NUM_THREADS=2 $(PY) -m csm_lib.train --preset=reference --hours=40 --corpus_seed=2 --batch=8 --max_len=512 \
+	  --steps=5000 --minutes=80 --lr=1.5e-3 --warmup=200 --amp=fp32 --decoder_fraction=0.25 --audio_dropout=0.5 \
+	  --eval_every=500 --judge_turns=0 --threads=2 --out=runs/reference
 	cp runs/reference/model.safetensors checkpoints/csm_reference.safetensors
 	cp runs/reference/model.json checkpoints/csm_reference.json
 	cp runs/reference/model.tokenizer.json checkpoints/csm_reference.tokenizer.json
 
-## model-eval: judge the reference CSM on held-out conversations -> results/reference_model.json, reference_model_probe.json
+## model-eval: judge the reference CSM on held-out conversations of its corpus -> results/reference_model.json,
+## reference_model_probe.json (about 10 min)
 model-eval: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate checkpoints/csm_reference.safetensors --turns=40
 	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate probe checkpoints/csm_reference.safetensors results/reference_model_probe.json
