@@ -43,7 +43,12 @@ def cached_npz(path: Path, keys: list[str], compute) -> dict:
         if all(k in arrays for k in keys):
             return arrays
     arrays = compute()
-    atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
     return arrays
 
 

@@ -67,6 +67,12 @@ def judge(audio: torch.Tensor, sr: int, text: str) -> dict:
             "style": style_vector(p), "seconds": audio.numel() / sr}
 
 
+def trained_with(meta: dict, **overrides) -> dict:
+    """The checkpoint's training settings, its corpus looked up under this clone's data root (not
+    the trainer's path), with the ``overrides`` that are not None."""
+    return meta["train"] | {"data_root": str(data.DEFAULT_ROOT)} | {k: v for k, v in overrides.items() if v is not None}
+
+
 def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
              max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test",
              hours: float | None = None, corpus_seed: int | None = None) -> dict:
@@ -79,11 +85,7 @@ def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0
     model, meta = load_model(model_path)
     tok = tokenizer_path(model_path)
     tokenizer = TextTokenizer.load(tok) if tok.exists() else None
-    t = meta["train"] | {"data_root": str(data.DEFAULT_ROOT)}  # this clone's corpora, not the trainer's path
-    if hours is not None:
-        t["hours"] = hours
-    if corpus_seed is not None:
-        t["corpus_seed"] = corpus_seed
+    t = trained_with(meta, hours=hours, corpus_seed=corpus_seed)
     result = evaluate_model(model, t, max_turns, temperature, topk, max_audio_length_ms, seed, split,
                             tokenizer)
     return {"model": str(model_path), "model_steps": meta.get("steps")} | result
@@ -175,7 +177,7 @@ def probe(path: str | Path, n_windows: int = 40) -> dict:
     from csm_lib.train import TrainConfig, load_data
 
     model, meta = load_model(path)
-    t = meta["train"] | {"data_root": str(data.DEFAULT_ROOT)}  # this clone's corpora, not the trainer's path
+    t = trained_with(meta)
     cfg = TrainConfig(**{f.name: t[f.name] for f in fields(TrainConfig) if f.name in t})
     train_w, valid_w, _, _ = load_data(cfg)
     idx = list(range(n_windows))
