@@ -17,16 +17,31 @@ Peak training memory is the sum of
 So the fixed part is 16 bytes per parameter (18 with the autocast cache) before a single token is
 seen: for the 422.6M ``paper_422m`` that is 6.8 GB of an 8 GB card. Shapes: B windows, S
 positions, D width, Dkv key/value width, H MLP width, L layers, V codebook entries.
+
+Measured on a GPU (where one is lent), by the training loop's own ``train.train_step``:
+
+    python -m csm_lib.budget layout --hours=1 --out=runs/gpu/layout.json     # here, from the corpus
+    python -m csm_lib.budget measure --layout=runs/gpu/layout.json --device=cuda \
+        --out=results/paper_422m_gpu.json                                     # on the GPU machine
+
+``paper_422m`` has 16 codebooks and our codec 8, so the measurement keeps the corpus's real turn
+layout (text tokens, number of frames, conversations) and draws random codes for 16 codebooks:
+memory and speed depend on the shapes, not on the values.
 """
 
 from __future__ import annotations
 
+import argparse
+import gc
+import json
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from csm_lib.backbone import TransformerConfig
-from csm_lib.model import CSMConfig
+from csm_lib.model import CSM, PRESETS, CSMConfig
 
 GB = 1e9
 
@@ -110,3 +125,154 @@ def saved_tensor_bytes(fn, params: list[torch.Tensor], amp: bool = True) -> int:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
             fn()
     return sum(seen.values())
+
+
+# --- measuring it ---------------------------------------------------------------------------------
+def turn_layout(turns: list) -> list[dict]:
+    """``dataset.Turn``s -> their layout alone: conversation, speaker, text tokens, number of frames."""
+    rows = []
+    for t in turns:
+        text = ~t.mask[:, :-1].any(-1)  # text positions hold the text column only
+        rows.append({"conversation": t.conversation, "turn": t.turn, "speaker": t.speaker,
+                     "tokens": t.frames[text, -1].tolist(), "audio_frames": int((~text).sum()) - 1})
+    return rows
+
+
+def layout_turns(layout: list[dict], n_codebooks: int, vocab: int, seed: int = 0) -> list:
+    """A layout -> ``dataset.Turn``s with random codes for ``n_codebooks`` codebooks of ``vocab`` entries."""
+    from csm_lib import frames as Fr
+    from csm_lib.dataset import Turn
+
+    g = torch.Generator().manual_seed(seed)
+    turns = []
+    for r in layout:
+        codes = torch.randint(1, vocab, (n_codebooks, r["audio_frames"]), generator=g)  # 0s mark end of speech
+        f, m = Fr.concat([Fr.text_frames(r["tokens"], n_codebooks), Fr.audio_frames(codes)])
+        turns.append(Turn(r["conversation"], r["turn"], r["speaker"], "", f, m, {}))
+    return turns
+
+
+def measure(cfg: CSMConfig, turns: list, micro_batch: int, seq_len: int = 512, accum: int = 1,
+            checkpointing: bool = False, autocast_cache: bool = True, amp: str = "bf16",
+            device: str = "cuda", steps: int = 3, seed: int = 0) -> dict:
+    """Peak memory and speed of ``steps`` optimizer steps of ``train.train_step`` (after one warm-up step).
+
+    Each step takes ``micro_batch * accum`` windows of at most ``seq_len`` positions. The warm-up
+    step allocates AdamW's moments; the peak is measured from the step after it. On a CPU the
+    memory fields are None (no allocator statistics).
+    """
+    from csm_lib.dataset import ConversationWindows
+    from csm_lib.train import TrainConfig, train_step
+
+    dev = torch.device(device)
+    tcfg = TrainConfig(preset="paper_422m", batch=micro_batch * accum, accum=accum, max_len=seq_len, amp=amp,
+                       autocast_cache=autocast_cache, checkpointing=checkpointing, device=device, seed=seed)
+    windows = ConversationWindows(turns, seq_len)
+    torch.manual_seed(seed)
+    with dev:  # initialise on the device: 422M parameters take seconds to initialise on a CPU
+        model = CSM(cfg)
+    model.backbone.gradient_checkpointing = checkpointing
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    out = {"micro_batch": micro_batch, "accum": accum, "seq_len": seq_len, "checkpointing": checkpointing,
+           "autocast_cache": autocast_cache, "amp": amp}
+    # the longest window of the timed steps sets the padded shape (B, S) the peak is reached at
+    out["longest"] = max(len(windows.window(i)[0]) for s in range(1, steps + 1)
+                         for i in windows.step_indices(s, tcfg.batch, seed))
+    try:
+        train_step(model, model, opt, scaler, windows, 0, tcfg, 0, 1, dev)
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
+        positions, losses, t0 = 0.0, [], time.perf_counter()
+        for step in range(1, steps + 1):
+            m = train_step(model, model, opt, scaler, windows, step, tcfg, 0, 1, dev)
+            positions += m["positions"]
+            losses.append(m["loss"])
+        sync()
+        seconds = time.perf_counter() - t0
+        out |= {"fits": True, "step_s": round(seconds / steps, 4), "positions_per_s": round(positions / seconds, 1),
+                "loss": round(losses[-1], 4),
+                "max_allocated_gb": round(torch.cuda.max_memory_allocated(dev) / GB, 3) if cuda else None,
+                "max_reserved_gb": round(torch.cuda.max_memory_reserved(dev) / GB, 3) if cuda else None}
+    except torch.OutOfMemoryError as e:
+        out |= {"fits": False, "error": str(e).split("\n")[0][:200]}
+    finally:
+        del model, opt
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+    return out
+
+
+def measure_grid(layout: list[dict], device: str = "cuda", steps: int = 3,
+                 micro_batches: tuple[int, ...] = (1, 2, 4, 8), cap_gb: float = 8.0) -> dict:
+    """``paper_422m`` at every (checkpointing, autocast cache, micro-batch) of chapter 07's plan, beside
+    the estimate; then the recommended configuration in full (32 windows, 16 micro-batches of 2) under a
+    ``cap_gb`` allocator cap (``torch.cuda.set_per_process_memory_fraction``), in bf16 and in fp16."""
+    cfg = PRESETS["paper_422m"]
+    turns = layout_turns(layout, cfg.n_codebooks, cfg.audio_vocab_size)
+    with torch.device("meta"):
+        n = CSM(cfg).num_parameters()["total"]
+    rows = []
+    for ckpt in (False, True):
+        for cache in (True, False):
+            for micro in micro_batches:
+                r = measure(cfg, turns, micro, checkpointing=ckpt, autocast_cache=cache, device=device, steps=steps)
+                est = training_memory(cfg, n, micro, r["longest"], checkpointing=ckpt, autocast_cache=cache)
+                rows.append(r | {"estimate_gb": round(est.total / GB, 3), "estimate_parts_gb": est.gb()})
+                print(json.dumps(rows[-1]), flush=True)
+    capped = []
+    if torch.device(device).type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gb * GB / total), device)
+    for amp in ("bf16", "fp16"):
+        capped.append(measure(cfg, turns, 2, accum=16, checkpointing=True, autocast_cache=False, amp=amp,
+                              device=device, steps=steps))
+        print(json.dumps(capped[-1]), flush=True)
+    return {"model": "paper_422m", "parameters": n, "positions_per_window": 512, "steps_timed": steps,
+            "grid": rows, "cap_gb": cap_gb, "capped": capped}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m csm_lib.budget", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    lay = sub.add_parser("layout", help="write the turn layout of a corpus's training split (JSON)")
+    lay.add_argument("--hours", type=float, default=1.0)
+    lay.add_argument("--corpus_seed", type=int, default=1)
+    lay.add_argument("--out", type=Path, required=True)
+    mea = sub.add_parser("measure", help="measure paper_422m's peak memory and speed on a device")
+    mea.add_argument("--layout", type=Path, required=True)
+    mea.add_argument("--device", default="cuda")
+    mea.add_argument("--steps", type=int, default=3)
+    mea.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    if a.cmd == "layout":
+        from csm_lib.train import TrainConfig, load_data
+
+        train_w, _, _, info = load_data(TrainConfig(hours=a.hours, corpus_seed=a.corpus_seed))
+        layout = turn_layout([t for conv in train_w.conversations for t in conv])
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps({"corpus": info["corpus"], "turns": layout}))
+        print(f"{len(layout)} turns of {info['corpus']} -> {a.out}")
+        return
+    if not a.layout.is_file():
+        raise SystemExit(f"no layout file {a.layout}: make one with `python -m csm_lib.budget layout --out=...`")
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device=cuda but torch sees no CUDA device; use --device=cpu for a (slow) dry run")
+    spec = json.loads(a.layout.read_text())
+    from csm_lib.checkpoint import provenance
+
+    result = {"provenance": provenance("csm_lib.budget", a.device), "corpus": spec["corpus"],
+              "device_memory_gb": (round(torch.cuda.get_device_properties(a.device).total_memory / GB, 1)
+                                   if a.device.startswith("cuda") else None)}
+    result |= measure_grid(spec["turns"], a.device, a.steps)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"-> {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -35,3 +35,19 @@ def test_training_memory_parts():
     assert double.activations == pytest.approx(2 * plain.activations)
     # the seed's claim in numbers: 422M fits 8 GB only with checkpointing and no autocast weight cache
     assert plain.total > 8e9 and ckpt.total < 8e9 and training_memory(cfg, n, 2, 512, checkpointing=True).total > 7.5e9
+
+
+def test_layout_keeps_turns_and_measure_runs_the_training_step():
+    from csm_lib.budget import layout_turns, measure, turn_layout
+
+    layout = [{"conversation": f"c{i // 3}", "turn": i % 3, "speaker": i % 2, "tokens": [5 + i, 6, 7],
+               "audio_frames": 10 + i} for i in range(9)]
+    cfg = PRESETS["tiny"]
+    turns = layout_turns(layout, cfg.n_codebooks, cfg.audio_vocab_size)
+    assert turn_layout(turns) == layout  # same text, lengths and conversations; only the codes are drawn
+    assert all(t.frames.shape == (3 + 10 + i + 1, cfg.n_codebooks + 1) for i, t in enumerate(turns))
+    r = measure(cfg, turns, micro_batch=2, seq_len=40, device="cpu", steps=2)
+    assert r["fits"] and r["positions_per_s"] > 0 and r["longest"] <= 40
+    assert r["max_allocated_gb"] is None  # no allocator statistics on a CPU
+    # random codes: both losses start near chance, ln(64) nats each
+    assert 2 * 3.5 < r["loss"] < 2 * 5.0
