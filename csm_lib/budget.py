@@ -224,11 +224,11 @@ def measure_grid(layout: list[dict], device: str = "cuda", steps: int = 3,
                 est = training_memory(cfg, n, micro, r["longest"], checkpointing=ckpt, autocast_cache=cache)
                 rows.append(r | {"estimate_gb": round(est.total / GB, 3), "estimate_parts_gb": est.gb()})
                 print(json.dumps(rows[-1]), flush=True)
-    capped = []
-    if torch.device(device).type == "cuda":
+    capped, cuda = [], torch.device(device).type == "cuda"
+    if cuda:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gb * GB / total), device)
-    for amp in ("bf16", "fp16"):
+    for amp in ("bf16", "fp16") if cuda else ("bf16",):  # fp16 needs CUDA's GradScaler
         capped.append(measure(cfg, turns, 2, accum=16, checkpointing=True, autocast_cache=False, amp=amp,
                               device=device, steps=steps))
         print(json.dumps(capped[-1]), flush=True)
