@@ -1,22 +1,30 @@
 """How much GPU memory training CSM takes: an analytic model, checked against measurement.
 
-Peak training memory is the sum of
+Training holds, all the time,
 
 * **weights** — fp32 master weights, 4 bytes per parameter (AMP keeps them in fp32);
-* **autocast's weight cache** — under bf16/fp16 autocast each weight is cast once per forward and
-  the half-precision copy kept until the backward: 2 bytes per parameter of the cast layers
-  (``cache_enabled=False`` trades it for recasting);
 * **gradients** — fp32, 4 bytes per parameter;
 * **AdamW moments** — two fp32 tensors, 8 bytes per parameter;
-* **activations** saved for the backward pass — per token and per transformer layer, counted
-  tensor by tensor below; with **gradient checkpointing** only each block's input is kept and one
-  block's activations are recomputed at a time;
-* the **logits** of the codebook-0 head (fp32 for the loss) and the audio decoder's activations on
-  its 1/16 of the frames.
 
-So the fixed part is 16 bytes per parameter (18 with the autocast cache) before a single token is
-seen: for the 422.6M ``paper_422m`` that is 6.8 GB of an 8 GB card. Shapes: B windows, S
-positions, D width, Dkv key/value width, H MLP width, L layers, V codebook entries.
+and on top of these its peak is the larger of two moments:
+
+* the **backward pass**, holding
+  * **autocast's weight cache** — under bf16/fp16 autocast each weight is cast once per forward
+    and the half-precision copy kept until the backward: 2 bytes per parameter of the cast layers
+    (``cache_enabled=False`` trades it for recasting);
+  * **activations** saved for the backward pass — per token and per transformer layer, counted
+    tensor by tensor below; with **gradient checkpointing** only each block's input is kept and
+    one block's activations are recomputed at a time;
+  * the **logits** of the codebook-0 head (fp32 for the loss) and the audio decoder's activations
+    on its 1/16 of the frames;
+* the **optimizer step**: PyTorch's default ("foreach") AdamW computes ``sqrt(v)`` of every
+  parameter in one go, a parameter-sized fp32 temporary (4 bytes per parameter); the fused CUDA
+  kernel (``fused=True``) needs none. A GPU measurement found this term, which the first version
+  of this model left out (chapter 07).
+
+So the fixed part is 16 bytes per parameter before a single token is seen — for the 422.6M
+``paper_422m`` 6.8 GB of an 8 GB card — and the default optimizer step adds 1.7 GB more. Shapes:
+B windows, S positions, D width, Dkv key/value width, H MLP width, L layers, V codebook entries.
 
 Measured on a GPU (where one is lent), by the training loop's own ``train.train_step``:
 
@@ -71,10 +79,16 @@ class Budget:
     optimizer: float
     activations: float
     logits: float
+    optimizer_step: float = 0.0  # temporaries of the AdamW step
+
+    @property
+    def backward(self) -> float:
+        """What the backward pass holds on top of weights, gradients and moments."""
+        return self.autocast_cache + self.activations + self.logits
 
     @property
     def total(self) -> float:
-        return self.weights + self.autocast_cache + self.gradients + self.optimizer + self.activations + self.logits
+        return self.weights + self.gradients + self.optimizer + max(self.backward, self.optimizer_step)
 
     def gb(self) -> dict[str, float]:
         parts = {k: round(v / GB, 3) for k, v in vars(self).items()}
@@ -82,11 +96,12 @@ class Budget:
 
 
 def training_memory(cfg: CSMConfig, n_params: int, batch: int, seq_len: int, amp: bool = True,
-                    checkpointing: bool = False, autocast_cache: bool = True,
+                    checkpointing: bool = False, autocast_cache: bool = True, fused_adam: bool = False,
                     audio_fraction: float = 0.75) -> Budget:
     """Peak training memory (bytes) of CSM for micro-batches of ``batch`` windows of ``seq_len`` positions.
 
     ``audio_fraction``: share of positions that are audio frames (the corpus has about 0.74).
+    ``fused_adam``: the fused AdamW kernel, without the default step's parameter-sized temporary.
     """
     tokens = batch * seq_len
     b = cfg.backbone
@@ -101,7 +116,8 @@ def training_memory(cfg: CSMConfig, n_params: int, batch: int, seq_len: int, amp
     acts += dec_frames * cfg.n_codebooks * block_activation_bytes(cfg.decoder, amp) * cfg.decoder.n_layers
     logits = 4 * cfg.audio_vocab_size * (frames + dec_frames * (cfg.n_codebooks - 1)) * 2  # logits + their grad
     return Budget(weights=4 * n_params, autocast_cache=(2 * n_params if amp and autocast_cache else 0),
-                  gradients=4 * n_params, optimizer=8 * n_params, activations=acts, logits=logits)
+                  gradients=4 * n_params, optimizer=8 * n_params, activations=acts, logits=logits,
+                  optimizer_step=0 if fused_adam else 4 * n_params)
 
 
 def saved_tensor_bytes(fn, params: list[torch.Tensor], amp: bool = True) -> int:
@@ -153,48 +169,50 @@ def layout_turns(layout: list[dict], n_codebooks: int, vocab: int, seed: int = 0
 
 
 def measure(cfg: CSMConfig, turns: list, micro_batch: int, seq_len: int = 512, accum: int = 1,
-            checkpointing: bool = False, autocast_cache: bool = True, amp: str = "bf16",
-            device: str = "cuda", steps: int = 3, seed: int = 0) -> dict:
-    """Peak memory and speed of ``steps`` optimizer steps of ``train.train_step`` (after one warm-up step).
+            checkpointing: bool = False, autocast_cache: bool = True, fused_adam: bool = False, amp: str = "bf16",
+            device: str = "cuda", steps: int = 8, warmup: int = 2, seed: int = 0) -> dict:
+    """Peak memory and speed of ``steps`` optimizer steps of ``train.train_step`` after ``warmup`` steps.
 
-    Each step takes ``micro_batch * accum`` windows of at most ``seq_len`` positions. The warm-up
-    step allocates AdamW's moments; the peak is measured from the step after it. On a CPU the
+    Each step takes ``micro_batch * accum`` windows of at most ``seq_len`` positions. The first
+    step allocates AdamW's moments; the peak is measured over the timed steps. On a CPU the
     memory fields are None (no allocator statistics).
     """
     from csm_lib.dataset import ConversationWindows
-    from csm_lib.train import TrainConfig, train_step
+    from csm_lib.train import TrainConfig, make_optimizer, train_step
 
     dev = torch.device(device)
     tcfg = TrainConfig(preset="paper_422m", batch=micro_batch * accum, accum=accum, max_len=seq_len, amp=amp,
-                       autocast_cache=autocast_cache, checkpointing=checkpointing, device=device, seed=seed)
+                       autocast_cache=autocast_cache, checkpointing=checkpointing, fused_adam=fused_adam,
+                       device=device, seed=seed, lr=1e-4)
     windows = ConversationWindows(turns, seq_len)
-    torch.manual_seed(seed)
-    with dev:  # initialise on the device: 422M parameters take seconds to initialise on a CPU
-        model = CSM(cfg)
-    model.backbone.gradient_checkpointing = checkpointing
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    out = {"micro_batch": micro_batch, "accum": accum, "seq_len": seq_len, "checkpointing": checkpointing,
+           "autocast_cache": autocast_cache, "fused_adam": fused_adam, "amp": amp}
+    timed = range(warmup, warmup + steps)
+    # the longest window of the timed steps sets the padded shape (B, S) the peak is reached at
+    out["longest"] = max(len(windows.window(i)[0]) for s in timed for i in windows.step_indices(s, tcfg.batch, seed))
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    out = {"micro_batch": micro_batch, "accum": accum, "seq_len": seq_len, "checkpointing": checkpointing,
-           "autocast_cache": autocast_cache, "amp": amp}
-    # the longest window of the timed steps sets the padded shape (B, S) the peak is reached at
-    out["longest"] = max(len(windows.window(i)[0]) for s in range(1, steps + 1)
-                         for i in windows.step_indices(s, tcfg.batch, seed))
+    model = opt = None
     try:
-        train_step(model, model, opt, scaler, windows, 0, tcfg, 0, 1, dev)
+        torch.manual_seed(seed)
+        with dev:  # initialise on the device: 422M parameters take seconds to initialise on a CPU
+            model = CSM(cfg)
+        model.backbone.gradient_checkpointing = checkpointing
+        opt = make_optimizer(model, tcfg)
+        scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+        for step in range(warmup):
+            train_step(model, model, opt, scaler, windows, step, tcfg, 0, 1, dev)
         sync()
         if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
-        positions, losses, t0 = 0.0, [], time.perf_counter()
-        for step in range(1, steps + 1):
+        positions, t0 = 0.0, time.perf_counter()
+        for step in timed:
             m = train_step(model, model, opt, scaler, windows, step, tcfg, 0, 1, dev)
             positions += m["positions"]
-            losses.append(m["loss"])
         sync()
         seconds = time.perf_counter() - t0
         out |= {"fits": True, "step_s": round(seconds / steps, 4), "positions_per_s": round(positions / seconds, 1),
-                "loss": round(losses[-1], 4),
+                "loss": round(m["loss"], 4),
                 "max_allocated_gb": round(torch.cuda.max_memory_allocated(dev) / GB, 3) if cuda else None,
                 "max_reserved_gb": round(torch.cuda.max_memory_reserved(dev) / GB, 3) if cuda else None}
     except torch.OutOfMemoryError as e:
@@ -207,33 +225,39 @@ def measure(cfg: CSMConfig, turns: list, micro_batch: int, seq_len: int = 512, a
     return out
 
 
-def measure_grid(layout: list[dict], device: str = "cuda", steps: int = 3,
-                 micro_batches: tuple[int, ...] = (1, 2, 4, 8), cap_gb: float = 8.0) -> dict:
-    """``paper_422m`` at every (checkpointing, autocast cache, micro-batch) of chapter 07's plan, beside
-    the estimate; then the recommended configuration in full (32 windows, 16 micro-batches of 2) under a
-    ``cap_gb`` allocator cap (``torch.cuda.set_per_process_memory_fraction``), in bf16 and in fp16."""
+def measure_grid(layout: list[dict], device: str = "cuda", steps: int = 8,
+                 micro_batches: tuple[int, ...] = (1, 2, 4, 8), cap_bytes: float = 7.5e9) -> dict:
+    """``paper_422m`` at every (checkpointing, autocast cache, fused AdamW, micro-batch), each beside
+    the estimate; then the configuration chapter 07 recommends (32 windows in 16 micro-batches of 2,
+    checkpointing, no autocast cache), a whole step at a time, under an allocator cap of
+    ``cap_bytes`` (``torch.cuda.set_per_process_memory_fraction``: an 8 GB card less its CUDA context)."""
     cfg = PRESETS["paper_422m"]
     turns = layout_turns(layout, cfg.n_codebooks, cfg.audio_vocab_size)
     with torch.device("meta"):
         n = CSM(cfg).num_parameters()["total"]
-    rows = []
-    for ckpt in (False, True):
-        for cache in (True, False):
-            for micro in micro_batches:
-                r = measure(cfg, turns, micro, checkpointing=ckpt, autocast_cache=cache, device=device, steps=steps)
-                est = training_memory(cfg, n, micro, r["longest"], checkpointing=ckpt, autocast_cache=cache)
-                rows.append(r | {"estimate_gb": round(est.total / GB, 3), "estimate_parts_gb": est.gb()})
-                print(json.dumps(rows[-1]), flush=True)
-    capped, cuda = [], torch.device(device).type == "cuda"
-    if cuda:
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gb * GB / total), device)
-    for amp in ("bf16", "fp16") if cuda else ("bf16",):  # fp16 needs CUDA's GradScaler
-        capped.append(measure(cfg, turns, 2, accum=16, checkpointing=True, autocast_cache=False, amp=amp,
-                              device=device, steps=steps))
-        print(json.dumps(capped[-1]), flush=True)
+    rows, dev = [], torch.device(device)
+    for fused in (False, True) if dev.type == "cuda" else (False,):  # the fused kernel is CUDA's
+        for ckpt in (False, True):
+            for cache in (True, False):
+                for micro in micro_batches:
+                    r = measure(cfg, turns, micro, checkpointing=ckpt, autocast_cache=cache, fused_adam=fused,
+                                device=device, steps=steps)
+                    est = training_memory(cfg, n, micro, r["longest"], checkpointing=ckpt, autocast_cache=cache,
+                                          fused_adam=fused)
+                    rows.append(r | {"estimate_gb": round(est.total / GB, 3), "estimate_parts_gb": est.gb()})
+                    print(json.dumps(rows[-1]), flush=True)
+    capped = []
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total), index)
+        for amp, fused in (("bf16", False), ("bf16", True), ("fp16", True)):
+            capped.append(measure(cfg, turns, 2, accum=16, checkpointing=True, autocast_cache=False,
+                                  fused_adam=fused, amp=amp, device=device, steps=3, warmup=1))
+            print(json.dumps(capped[-1]), flush=True)
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
     return {"model": "paper_422m", "parameters": n, "positions_per_window": 512, "steps_timed": steps,
-            "grid": rows, "cap_gb": cap_gb, "capped": capped}
+            "grid": rows, "cap_bytes": cap_bytes, "capped": capped}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -246,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     mea = sub.add_parser("measure", help="measure paper_422m's peak memory and speed on a device")
     mea.add_argument("--layout", type=Path, required=True)
     mea.add_argument("--device", default="cuda")
-    mea.add_argument("--steps", type=int, default=3)
+    mea.add_argument("--steps", type=int, default=8)
     mea.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     if a.cmd == "layout":

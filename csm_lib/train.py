@@ -60,6 +60,7 @@ class TrainConfig:
     amp: str = "bf16"  # bf16 | fp16 (CUDA only) | fp32
     autocast_cache: bool = True  # keep autocast's half-precision weight copies for the backward (2 bytes/param)
     checkpointing: bool = False  # gradient checkpointing in the backbone
+    fused_adam: bool = False  # CUDA's fused AdamW: no parameter-sized temporaries in the step (budget.py)
     decoder_fraction: float = 1 / 16
     audio_dropout: float = 0.0  # model.CSMConfig.audio_dropout
     eval_every: int = 250
@@ -106,6 +107,19 @@ def load_data(cfg: TrainConfig):
                 r["duration"] for r in rows if r["split"] == "train") / 3600, 3)}
     info["tokenizer"] = tokenizer
     return windows["train"], windows["valid"], mcfg, info
+
+
+def make_optimizer(model: CSM, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only. Its default (``foreach``) step computes
+    ``sqrt(v)`` for all parameters at once: a parameter-sized fp32 temporary at the step, which
+    ``fused_adam`` (one CUDA kernel per step) does without."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    if cfg.fused_adam and not str(cfg.device).startswith("cuda"):
+        raise ValueError("fused_adam needs a CUDA device; leave it false on the CPU")
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
+                             fused=True if cfg.fused_adam else None)
 
 
 # --- distributed --------------------------------------------------------------------------------
@@ -256,10 +270,7 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     raw = CSM(mcfg).to(device)
     raw.backbone.gradient_checkpointing = cfg.checkpointing
-    decay = [p for n, p in raw.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in raw.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    opt = make_optimizer(raw, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
     start = load_state(out, raw, opt) if cfg.resume else 0
     model = torch.nn.parallel.DistributedDataParallel(raw) if world_size > 1 else raw
