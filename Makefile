@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval results workbook test lab lint clean-data
+.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval budget-gpu results workbook test lab lint clean-data
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -78,6 +78,14 @@ model: setup
 model-eval: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate checkpoints/csm_reference.safetensors --turns=40
 	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate probe checkpoints/csm_reference.safetensors results/reference_model_probe.json
+
+## budget-gpu: paper_422m's peak GPU memory and speed, beside the estimate -> results/paper_422m_gpu.json
+## (needs a CUDA GPU; about 2 min on an H200. The layout step reads the 1 h corpus and may run elsewhere:
+## copy runs/gpu/layout.json to the GPU machine and run the second line there)
+budget-gpu: setup
+	CSM_PROGRESS=0 $(PY) -m csm_lib.budget layout --hours=1 --out=runs/gpu/layout.json
+	CSM_PROGRESS=0 $(PY) -m csm_lib.budget measure --layout=runs/gpu/layout.json --device=cuda \
+	  --out=results/paper_422m_gpu.json
 
 ## results: every results/*.json this repository reports
 results: corpus-bench judges-baseline codec-eval model-eval

@@ -22,6 +22,11 @@ and on top of these its peak is the larger of two moments:
   kernel (``fused=True``) needs none. A GPU measurement found this term, which the first version
   of this model left out (chapter 07).
 
+Adding the backward pass's terms to all the gradients is exact under gradient accumulation (the
+gradients live through every micro-batch after the first) and an upper bound without it: with
+``zero_grad(set_to_none=True)`` the gradients are allocated during the backward as the activations
+are freed.
+
 So the fixed part is 16 bytes per parameter before a single token is seen — for the 422.6M
 ``paper_422m`` 6.8 GB of an 8 GB card — and the default optimizer step adds 1.7 GB more. Shapes:
 B windows, S positions, D width, Dkv key/value width, H MLP width, L layers, V codebook entries.
@@ -42,6 +47,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +177,7 @@ def layout_turns(layout: list[dict], n_codebooks: int, vocab: int, seed: int = 0
 def measure(cfg: CSMConfig, turns: list, micro_batch: int, seq_len: int = 512, accum: int = 1,
             checkpointing: bool = False, autocast_cache: bool = True, fused_adam: bool = False, amp: str = "bf16",
             device: str = "cuda", steps: int = 8, warmup: int = 2, seed: int = 0) -> dict:
-    """Peak memory and speed of ``steps`` optimizer steps of ``train.train_step`` after ``warmup`` steps.
+    """Peak memory and median speed of ``steps`` optimizer steps of ``train.train_step`` after ``warmup`` steps.
 
     Each step takes ``micro_batch * accum`` windows of at most ``seq_len`` positions. The first
     step allocates AdamW's moments; the peak is measured over the timed steps. On a CPU the
@@ -205,14 +211,15 @@ def measure(cfg: CSMConfig, turns: list, micro_batch: int, seq_len: int = 512, a
         sync()
         if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
-        positions, t0 = 0.0, time.perf_counter()
+        seconds, rates = [], []
         for step in timed:
+            t0 = time.perf_counter()
             m = train_step(model, model, opt, scaler, windows, step, tcfg, 0, 1, dev)
-            positions += m["positions"]
-        sync()
-        seconds = time.perf_counter() - t0
-        out |= {"fits": True, "step_s": round(seconds / steps, 4), "positions_per_s": round(positions / seconds, 1),
-                "loss": round(m["loss"], 4),
+            sync()
+            seconds.append(time.perf_counter() - t0)
+            rates.append(m["positions"] / seconds[-1])
+        out |= {"fits": True, "step_s": round(statistics.median(seconds), 4),
+                "positions_per_s": round(statistics.median(rates), 1), "loss": round(m["loss"], 4),
                 "max_allocated_gb": round(torch.cuda.max_memory_allocated(dev) / GB, 3) if cuda else None,
                 "max_reserved_gb": round(torch.cuda.max_memory_reserved(dev) / GB, 3) if cuda else None}
     except torch.OutOfMemoryError as e:
@@ -228,14 +235,18 @@ def measure(cfg: CSMConfig, turns: list, micro_batch: int, seq_len: int = 512, a
 def measure_grid(layout: list[dict], device: str = "cuda", steps: int = 8,
                  micro_batches: tuple[int, ...] = (1, 2, 4, 8), cap_bytes: float = 7.5e9) -> dict:
     """``paper_422m`` at every (checkpointing, autocast cache, fused AdamW, micro-batch), each beside
-    the estimate; then the configuration chapter 07 recommends (32 windows in 16 micro-batches of 2,
-    checkpointing, no autocast cache), a whole step at a time, under an allocator cap of
-    ``cap_bytes`` (``torch.cuda.set_per_process_memory_fraction``: an 8 GB card less its CUDA context)."""
+    the estimate (after one untimed pass over the micro-batch sizes); then the configuration chapter
+    07 recommends (32 windows in 16 micro-batches of 2, checkpointing, no autocast cache), a whole
+    step at a time, under an allocator cap of ``cap_bytes``
+    (``torch.cuda.set_per_process_memory_fraction``: an 8 GB card less its CUDA context)."""
     cfg = PRESETS["paper_422m"]
     turns = layout_turns(layout, cfg.n_codebooks, cfg.audio_vocab_size)
     with torch.device("meta"):
         n = CSM(cfg).num_parameters()["total"]
     rows, dev = [], torch.device(device)
+    if dev.type == "cuda":  # CUDA loads kernels on first use: touch every shape once, untimed
+        for micro in micro_batches:
+            measure(cfg, turns, micro, device=device, steps=steps)
     for fused in (False, True) if dev.type == "cuda" else (False,):  # the fused kernel is CUDA's
         for ckpt in (False, True):
             for cache in (True, False):
