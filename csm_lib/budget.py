@@ -9,9 +9,11 @@ Training holds, all the time,
 and on top of these its peak is the larger of two moments:
 
 * the **backward pass**, holding
-  * **autocast's weight cache** — under bf16/fp16 autocast each weight is cast once per forward
-    and the half-precision copy kept until the backward: 2 bytes per parameter of the cast layers
-    (``cache_enabled=False`` trades it for recasting);
+  * **half-precision weight copies** — under bf16/fp16 autocast each matmul saves the cast copy
+    of its weight for the backward: 2 bytes per parameter, unless gradient checkpointing drops
+    them with the rest of the block. (Autocast's weight *cache* makes no difference at the peak:
+    it lives only inside the forward's ``autocast`` region, and the GPU measurement found equal
+    peaks with and without it.)
   * **activations** saved for the backward pass — per token and per transformer layer, counted
     tensor by tensor below; with **gradient checkpointing** only each block's input is kept and
     one block's activations are recomputed at a time;
@@ -80,7 +82,7 @@ def block_activation_bytes(t: TransformerConfig, amp: bool = True) -> int:
 @dataclass
 class Budget:
     weights: float
-    autocast_cache: float
+    weight_copies: float
     gradients: float
     optimizer: float
     activations: float
@@ -90,7 +92,7 @@ class Budget:
     @property
     def backward(self) -> float:
         """What the backward pass holds on top of weights, gradients and moments."""
-        return self.autocast_cache + self.activations + self.logits
+        return self.weight_copies + self.activations + self.logits
 
     @property
     def total(self) -> float:
@@ -102,7 +104,7 @@ class Budget:
 
 
 def training_memory(cfg: CSMConfig, n_params: int, batch: int, seq_len: int, amp: bool = True,
-                    checkpointing: bool = False, autocast_cache: bool = True, fused_adam: bool = False,
+                    checkpointing: bool = False, fused_adam: bool = False,
                     audio_fraction: float = 0.75) -> Budget:
     """Peak training memory (bytes) of CSM for micro-batches of ``batch`` windows of ``seq_len`` positions.
 
@@ -121,7 +123,7 @@ def training_memory(cfg: CSMConfig, n_params: int, batch: int, seq_len: int, amp
     dec_frames = frames * cfg.decoder_fraction
     acts += dec_frames * cfg.n_codebooks * block_activation_bytes(cfg.decoder, amp) * cfg.decoder.n_layers
     logits = 4 * cfg.audio_vocab_size * (frames + dec_frames * (cfg.n_codebooks - 1)) * 2  # logits + their grad
-    return Budget(weights=4 * n_params, autocast_cache=(2 * n_params if amp and autocast_cache else 0),
+    return Budget(weights=4 * n_params, weight_copies=(2 * n_params if amp and not checkpointing else 0),
                   gradients=4 * n_params, optimizer=8 * n_params, activations=acts, logits=logits,
                   optimizer_step=0 if fused_adam else 4 * n_params)
 
@@ -130,7 +132,7 @@ def saved_tensor_bytes(fn, params: list[torch.Tensor], amp: bool = True) -> int:
     """Measure what ``fn()`` saves for the backward pass: bytes of saved tensors, each storage once.
 
     Parameters are not activations, and neither are autocast's half-precision copies of them
-    (counted by ``Budget.autocast_cache``): tensors with a parameter's shape (or its transpose) are
+    (counted by ``Budget.weight_copies``): tensors with a parameter's shape (or its transpose) are
     left out, so pick activation shapes that differ from every weight's.
     """
     weight_shapes = {tuple(p.shape) for p in params} | {tuple(p.shape)[::-1] for p in params}
@@ -253,8 +255,7 @@ def measure_grid(layout: list[dict], device: str = "cuda", steps: int = 8,
                 for micro in micro_batches:
                     r = measure(cfg, turns, micro, checkpointing=ckpt, autocast_cache=cache, fused_adam=fused,
                                 device=device, steps=steps)
-                    est = training_memory(cfg, n, micro, r["longest"], checkpointing=ckpt, autocast_cache=cache,
-                                          fused_adam=fused)
+                    est = training_memory(cfg, n, micro, r["longest"], checkpointing=ckpt, fused_adam=fused)
                     rows.append(r | {"estimate_gb": round(est.total / GB, 3), "estimate_parts_gb": est.gb()})
                     print(json.dumps(rows[-1]), flush=True)
     capped = []

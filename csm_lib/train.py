@@ -58,7 +58,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     clip: float = 1.0
     amp: str = "bf16"  # bf16 | fp16 (CUDA only) | fp32
-    autocast_cache: bool = True  # keep autocast's half-precision weight copies for the backward (2 bytes/param)
+    autocast_cache: bool = True  # autocast reuses each weight's cast within the forward (no effect on the peak)
     checkpointing: bool = False  # gradient checkpointing in the backbone
     fused_adam: bool = False  # CUDA's fused AdamW: no parameter-sized temporaries in the step (budget.py)
     decoder_fraction: float = 1 / 16
