@@ -2,9 +2,10 @@
 
 * **WER** — pocketsphinx 5 with its *general* US-English acoustic model, language model
   (``en-us.lm.bin``) and dictionary, all shipped inside the PyPI wheel; scored with jiwer after
-  text normalisation. Cepstral mean normalisation is computed per utterance (``cmn="batch"``),
-  so a transcript never depends on what was decoded before: the same audio always gives the
-  same words.
+  text normalisation. pocketsphinx carries its cepstral mean over from one utterance to the next
+  (even with ``cmn="batch"``), so the same audio could get different words depending on what was
+  decoded before it; the feature extraction is reset before every utterance, and a transcript
+  depends on its audio alone.
 * **SIM** — cosine similarity of resemblyzer's 256-d speaker embeddings (GE2E, weights in the
   wheel). Its VAD import needs ``setuptools<81`` (``pkg_resources``).
 * **Prosody** — F0 level and range (pYIN, voiced frames only), RMS energy, speech time and
@@ -71,6 +72,7 @@ class Transcriber:
         x = _as_16k(audio, sr)
         pcm = (x.clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()
         d = self.decoder
+        d.reinit_feat()  # forget the cepstral mean of the previous utterance
         d.start_utt()
         d.process_raw(pcm, full_utt=True)
         d.end_utt()
