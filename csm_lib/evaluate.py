@@ -119,16 +119,18 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
             entry[name] = judge(audio, sr, row["text"])
         judged.append(entry)
     model.train(was_training)
-    spread = np.nanstd(np.stack([e["ground_truth"]["style"] for e in judged]), axis=0)
+    # the style error is in units of the ground truth's spread over the judged turns: one turn has none
+    spread = np.nanstd(np.stack([e["ground_truth"]["style"] for e in judged]), axis=0) if len(judged) > 1 else None
 
     def summary(name: str) -> dict:
         hyps = [e[name]["hyp"] for e in judged]
         sims = [metrics.similarity(e[name]["embedding"], e["ref_embedding"]) if e[name]["embedding"] is not None
                 else 0.0 for e in judged]
-        errs = [np.nanmean(np.abs(e[name]["style"] - e["ref_style"]) / spread) for e in judged]
+        errs = [] if spread is None else [np.nanmean(np.abs(e[name]["style"] - e["ref_style"]) / spread)
+                                          for e in judged]
         return {"wer": round(metrics.wer([e["text"] for e in judged], hyps), 4),
                 "sim": round(float(np.mean(sims)), 4),
-                "style_error": round(float(np.nanmean(errs)), 4),
+                "style_error": round(float(np.nanmean(errs)), 4) if errs else None,
                 "style_error_n": int(np.isfinite(errs).sum()),
                 "seconds_mean": round(float(np.mean([e[name]["seconds"] for e in judged])), 2),
                 "examples": [{"turn": f"{e['conversation']}/{e['turn']}", "text": e["text"], "hyp": e[name]["hyp"]}
@@ -138,7 +140,8 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
             "settings": {"temperature": temperature, "topk": topk, "max_audio_length_ms": max_audio_length_ms,
                          "seed": seed},
             "ground_truth": summary("ground_truth"), "with_context": summary("with_context"),
-            "without_context": summary("without_context"), "style_spread_log": [round(float(s), 4) for s in spread],
+            "without_context": summary("without_context"),
+            "style_spread_log": None if spread is None else [round(float(s), 4) for s in spread],
             "wall_time_s": round(time.perf_counter() - t0, 1),
             "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
 

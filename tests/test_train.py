@@ -140,6 +140,8 @@ def test_evaluate_runs_end_to_end_on_a_trained_tiny_model(tmp_path):
     other = evaluate(tmp_path / "m" / "model.safetensors", max_turns=1, max_audio_length_ms=800, hours=0.1,
                      corpus_seed=6)  # the held-out turns of another corpus, through the model's own tokenizer
     assert other["turns"] == 1 and other["corpus"] != result["corpus"]
+    assert other["with_context"]["style_error"] is None  # no spread to measure it in from one turn
+    assert all(result[n]["style_error"] >= 0 for n in ("with_context", "without_context"))
     probed = probe(tmp_path / "m" / "model.safetensors", n_windows=4)
     for part in ("train", "train_text_scrambled", "valid"):
         assert all(v > 0 for v in probed[part].values())
