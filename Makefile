@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval budget-gpu results workbook test lab lint clean-data
+.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval budget-gpu results workbook test lab lint clean-data \
+	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -87,8 +88,25 @@ budget-gpu: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.budget measure --layout=runs/gpu/layout.json --device=cuda \
 	  --out=results/paper_422m_gpu.json
 
+## bench-…: the timing benchmarks of chapters 04-07 (csm_lib/bench.py) -> results/*.json. Run nothing else meanwhile:
+## they time a CPU shared by two cores. The notebooks read these files; `make test` never rewrites them.
+bench-kv-cache: setup
+	CSM_PROGRESS=0 $(PY) -m csm_lib.bench kv-cache
+
+bench-amortization: setup
+	CSM_PROGRESS=0 $(PY) -m csm_lib.bench amortization
+
+bench-context-cost: setup
+	CSM_PROGRESS=0 $(PY) -m csm_lib.bench context-cost
+
+bench-training-knobs: setup
+	CSM_PROGRESS=0 $(PY) -m csm_lib.bench training-knobs
+
+## bench: every timing benchmark (about 3 min on 2 cores)
+bench: bench-kv-cache bench-amortization bench-context-cost bench-training-knobs
+
 ## results: every results/*.json this repository reports
-results: corpus-bench judges-baseline codec-eval model-eval
+results: corpus-bench judges-baseline codec-eval model-eval bench
 
 ## workbook: execute every notebook in order, headless, in place (cwd = notebooks/).
 ## CSM_PROGRESS=0 so the saved outputs carry no progress bars, matching what `make test` (nbval) produces.
