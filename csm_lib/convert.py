@@ -1,8 +1,10 @@
 """Weights to and from transformers' ``CsmForConditionalGeneration``: parity and the real csm-1b.
 
 transformers ships an independent implementation of CSM. Converting weights both ways and
-getting the same logits and the same greedy codes (``tests/test_parity.py``) is our proof that
-``csm_lib.model`` *is* CSM, and it lets you load Sesame's published csm-1b.
+getting the same logits and the same greedy codes (:func:`parity_report`, asserted by
+``tests/test_parity.py``, written to ``results/parity.json`` by
+``python -m csm_lib.convert parity --out=results/parity.json``) is our proof that ``csm_lib.model``
+*is* CSM, and it lets you load Sesame's published csm-1b.
 
 The two layouts, name by name (``{i}`` a layer; both use the half-split RoPE layout, so no
 weight is permuted)::
@@ -36,8 +38,10 @@ with Mimi and the Llama-3 tokenizer, which this workbook does not ship.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -207,15 +211,186 @@ def load_hf_checkpoint(folder: str | Path) -> CSM:
     return model
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m csm_lib.convert HF_FOLDER OUT.safetensors``: a transformers checkpoint to csm_lib's format."""
-    from dataclasses import asdict
+# --- parity with transformers ------------------------------------------------------------------
+# Small random models: the dimensions of a csm_lib config, cheap on a CPU. PARITY_ROPE: plain RoPE
+# and Llama-3 scaling (factor, low, high, original length) short enough to act within 256 positions.
+PARITY_ROPE = {"rope": None, "llama3_rope": (32.0, 1.0, 4.0, 64)}
+PARITY_FRAMES = 24  # greedy frames compared against transformers' own generate
+
+
+def small_config(rope_scaling=None) -> CSMConfig:
+    """The parity tests' CSM: 2 + 2 layers, 6 codebooks of 48, 40 text tokens."""
+    def t(dim, layers, heads, kv, hidden, max_len):
+        return TransformerConfig(dim, layers, heads, kv, hidden, max_seq_len=max_len, rope_scaling=rope_scaling)
+    return CSMConfig(backbone=t(64, 2, 4, 2, 128, 256), decoder=t(32, 2, 2, 1, 64, 8),
+                     n_codebooks=6, audio_vocab_size=48, text_vocab_size=40)
+
+
+def random_hf(cfg: CSMConfig, seed: int = 0):
+    """A random transformers ``CsmForConditionalGeneration`` of ``cfg``'s dimensions, in eval mode."""
+    from transformers import CsmForConditionalGeneration
+
+    torch.manual_seed(seed)
+    hf = CsmForConditionalGeneration(to_hf_config(cfg)).eval()
+    with torch.no_grad():  # transformers' init leaves norms at 1; randomise them so they are tested too
+        for name, p in hf.named_parameters():
+            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return hf
+
+
+def parity_prompt(cfg: CSMConfig, n_text: int = 7, n_audio: int = 9, seed: int = 1):
+    """A text turn then audio frames: csm_lib frames/mask (1, S, K+1), and text (1, T) / codes (1, F, K)."""
+    g = torch.Generator().manual_seed(seed)
+    K = cfg.n_codebooks
+    text = torch.randint(0, cfg.text_vocab_size, (1, n_text), generator=g)
+    codes = torch.randint(0, cfg.audio_vocab_size, (1, n_audio, K), generator=g)
+    frames = torch.zeros(1, n_text + n_audio, K + 1, dtype=torch.long)
+    mask = torch.zeros_like(frames, dtype=torch.bool)
+    frames[0, :n_text, K], mask[0, :n_text, K] = text[0], True
+    frames[0, n_text:, :K], mask[0, n_text:, :K] = codes[0], True
+    return frames, mask, text, codes
+
+
+def hf_inputs_embeds(hf, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Positions embedded by transformers' own modules: text tokens, then audio frames (summed codebooks)."""
+    return torch.cat([hf.embed_text_tokens(text), hf.backbone_model.embed_tokens(codes)], dim=1)
+
+
+@torch.no_grad()
+def codebook0_max_diff(hf, ours: CSM, seed: int = 1) -> float:
+    """max |codebook-0 logits of transformers - csm_lib| over a text + audio prompt."""
+    frames, mask, text, codes = parity_prompt(ours.cfg, seed=seed)
+    ref = hf(inputs_embeds=hf_inputs_embeds(hf, text, codes)).logits  # (1, S, V)
+    got = ours.codebook0_head(ours.backbone(ours.embed_frames(frames, mask)))
+    if got.shape != ref.shape:
+        raise AssertionError(f"codebook-0 logits: csm_lib {tuple(got.shape)} vs transformers {tuple(ref.shape)}")
+    return (got - ref).abs().max().item()
+
+
+@torch.no_grad()
+def decoder_max_diff(hf, ours: CSM, seed: int = 2, n: int = 5) -> float:
+    """max |audio-decoder logits of transformers - csm_lib| for ``n`` random backbone states and frames."""
+    cfg = ours.cfg
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, cfg.backbone.dim, generator=g)
+    codes = torch.randint(0, cfg.audio_vocab_size, (n, cfg.n_codebooks), generator=g)
+    ids = torch.nn.functional.pad(codes[:, :-1], (1, 0))  # position 0 is replaced by h
+    ref = hf.depth_decoder(input_ids=ids, backbone_last_hidden_state=h).logits  # (n, K-1, V)
+    got = ours.decoder_logits(h, codes)
+    if got.shape != ref.shape:
+        raise AssertionError(f"decoder logits: csm_lib {tuple(got.shape)} vs transformers {tuple(ref.shape)}")
+    return (got - ref).abs().max().item()
+
+
+@torch.no_grad()
+def greedy_codes(hf, ours: CSM, n_frames: int = PARITY_FRAMES) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy codes (1, F, K) after a text prompt: transformers' own ``generate`` and csm_lib's cached
+    ``generate_frame``. transformers may stop early on its end-of-audio frame; csm_lib runs ``n_frames``."""
+    from csm_lib.backbone import KVCache
+
+    frames, mask, text, _ = parity_prompt(ours.cfg, n_audio=0)
+    ref = hf.generate(input_ids=text, attention_mask=torch.ones_like(text), max_new_tokens=n_frames,
+                      min_new_tokens=n_frames, do_sample=False, depth_decoder_do_sample=False)
+    ref = ref if isinstance(ref, torch.Tensor) else ref.sequences
+    cache = KVCache(ours.cfg.backbone, 1)
+    got, new_f, new_m = [], frames, mask
+    for _ in range(n_frames):
+        c = ours.generate_frame(new_f, new_m, cache=cache, temperature=0)  # (1, K)
+        got.append(c)
+        new_f = torch.zeros(1, 1, ours.cfg.n_codebooks + 1, dtype=torch.long)
+        new_f[0, 0, :-1] = c[0]
+        new_m = torch.zeros_like(new_f, dtype=torch.bool)
+        new_m[0, 0, :-1] = True
+    return ref, torch.stack(got, dim=1)
+
+
+def same_weights(a: CSM, b: CSM) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def parity_report(seed: int = 0) -> dict:
+    """csm_lib against transformers' ``CsmForConditionalGeneration``, measured on small random models.
+
+    For plain RoPE and Llama-3 scaling: a random transformers model converted into csm_lib, max |Δ|
+    of codebook-0 and audio-decoder logits, and greedy codes against transformers' ``generate``;
+    then a random csm_lib model converted to transformers and back (logits and exact weights).
+    The maxima are float32 rounding noise: they differ by CPU and library build.
+    """
+    variants = {}
+    for name, scaling in PARITY_ROPE.items():
+        cfg = small_config(scaling)
+        hf = random_hf(cfg, seed)
+        ours = from_hf(hf)
+        ref, got = greedy_codes(hf, ours)
+        variants[name] = {
+            "rope_scaling": scaling,
+            "codebook0_max_abs_diff": codebook0_max_diff(hf, ours),
+            "decoder_max_abs_diff": decoder_max_diff(hf, ours),
+            "greedy_frames_requested": PARITY_FRAMES,
+            "greedy_frames_transformers": int(ref.shape[1]),
+            "greedy_codes_identical": bool(ref.shape[-1] == cfg.n_codebooks
+                                           and torch.equal(got[:, : ref.shape[1]], ref)),
+        }
+    torch.manual_seed(seed + 3)
+    ours = CSM(small_config()).eval()
+    hf = to_hf(ours)
+    back = from_hf(hf)
+    round_trip = {"codebook0_max_abs_diff": codebook0_max_diff(hf, ours), "weights_identical": same_weights(ours, back)}
+    return {
+        "what": "random small CsmForConditionalGeneration converted to csm_lib (and a random csm_lib CSM to "
+                "transformers and back): max |csm_lib - transformers| of logits, float32 on the CPU; greedy codes "
+                "against transformers' own generate",
+        "seed": seed,
+        "config": asdict(small_config()),
+        "variants": variants,
+        "csm_lib_to_transformers_and_back": round_trip,
+        "max_abs_diff": {
+            "codebook0": max([v["codebook0_max_abs_diff"] for v in variants.values()]
+                             + [round_trip["codebook0_max_abs_diff"]]),
+            "decoder": max(v["decoder_max_abs_diff"] for v in variants.values()),
+        },
+        "greedy_frames_compared": min(v["greedy_frames_transformers"] for v in variants.values()),
+        "greedy_codes_identical": all(v["greedy_codes_identical"] for v in variants.values()),
+    }
+
+
+def _parity_main(argv: list[str]) -> None:
+    import transformers
 
     from csm_lib import checkpoint
 
+    ap = argparse.ArgumentParser(prog="python -m csm_lib.convert parity",
+                                 description="csm_lib vs transformers on small random models -> JSON")
+    ap.add_argument("--out", default="results/parity.json")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    report = parity_report(args.seed)
+    report["provenance"] = {"command": " ".join(["python -m csm_lib.convert parity", *argv]),
+                            "commit": checkpoint.git_commit(), "device": checkpoint.device_name("cpu"),
+                            "torch": torch.__version__, "transformers": transformers.__version__,
+                            "python": sys.version.split()[0]}
+    out = Path(args.out)
+    checkpoint.atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+    m = report["max_abs_diff"]
+    print(f"wrote {out}: max |Δ logits| codebook 0 {m['codebook0']:.2e}, audio decoder {m['decoder']:.2e}; "
+          f"greedy codes identical: {report['greedy_codes_identical']} ({report['greedy_frames_compared']} frames)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m csm_lib.convert HF_FOLDER OUT.safetensors``: a transformers checkpoint to csm_lib's format.
+
+    ``python -m csm_lib.convert parity [--out=results/parity.json] [--seed=0]``: :func:`parity_report` as JSON.
+    """
+    from csm_lib import checkpoint
+
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["parity"]:
+        return _parity_main(argv[1:])
     if len(argv) != 2:
-        raise SystemExit("usage: python -m csm_lib.convert HF_CHECKPOINT_FOLDER OUT.safetensors")
+        raise SystemExit("usage: python -m csm_lib.convert HF_CHECKPOINT_FOLDER OUT.safetensors\n"
+                         "       python -m csm_lib.convert parity [--out=results/parity.json] [--seed=0]")
     model = load_hf_checkpoint(argv[0])
     meta = {"config": asdict(model.cfg), "converted_from": str(Path(argv[0]).resolve()),
             "parameters": model.num_parameters(), "provenance": checkpoint.provenance("csm_lib.convert", "cpu")}
