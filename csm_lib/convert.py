@@ -360,10 +360,11 @@ def _parity_main(argv: list[str]) -> None:
     import transformers
 
     from csm_lib import checkpoint
+    from csm_lib.outputs import results_dir
 
     ap = argparse.ArgumentParser(prog="python -m csm_lib.convert parity",
                                  description="csm_lib vs transformers on small random models -> JSON")
-    ap.add_argument("--out", default="results/parity.json")
+    ap.add_argument("--out", default=None, help="default: results/parity.json (csm_lib.outputs.results_dir())")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     report = parity_report(args.seed)
@@ -371,7 +372,7 @@ def _parity_main(argv: list[str]) -> None:
                             "commit": checkpoint.git_commit(), "device": checkpoint.device_name("cpu"),
                             "torch": torch.__version__, "transformers": transformers.__version__,
                             "python": sys.version.split()[0]}
-    out = Path(args.out)
+    out = Path(args.out) if args.out else results_dir() / "parity.json"
     checkpoint.atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     m = report["max_abs_diff"]
     print(f"wrote {out}: max |Δ logits| codebook 0 {m['codebook0']:.2e}, audio decoder {m['decoder']:.2e}; "

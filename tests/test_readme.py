@@ -1,0 +1,500 @@
+"""The README's numbers against the files they come from.
+
+``ENTRIES`` is the whole mapping, one line per number: the README row (a stable substring of one
+table row, or of one prose paragraph), the source, how to read it, and how the README prints it.
+Sources:
+
+* a JSON file (``results/*.json``, a checkpoint's JSON sidecar): ``key`` is a list of keys and list
+  indices, or a function of the loaded JSON for a number derived from several keys;
+* a committed notebook (``.ipynb``), for numbers no JSON holds yet: ``key`` is a regular expression
+  searched in the notebook's stored outputs (what ``make workbook`` printed), with one group, or
+  ``(regex, function of re.findall's list)``;
+* another text file (a test's bound, ``pyproject.toml``'s pins): ``key`` is a regex with one group;
+* ``None``: ``key`` is a function computing an exact number (parameter counts on the meta device).
+
+``fmt`` is a ``str.format`` pattern or a function; the formatted text must appear in the row as a
+whole (not inside a longer number). ``test_every_number_in_the_tables_is_checked`` then fails on any
+number in the two result tables that no entry produced and ``ALLOWED`` does not explain, so a new
+number needs a new entry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+TABLES = ("## What is measured so far", "## Seed claims: status")  # headings of the tables checked for coverage
+
+
+def up1(x: float) -> str:
+    """``x`` rounded *up* to one significant digit, as the README prints float noise: 4.77e-07 -> '5e-7'."""
+    if x <= 0:
+        return "0"
+    e = math.floor(math.log10(x))
+    m = math.ceil(x / 10**e - 1e-9)
+    if m == 10:
+        m, e = 1, e + 1
+    return f"{m}e{e}"
+
+
+def num(s: str) -> float:
+    """A number as a notebook printed it ('1,187,584', '0.673')."""
+    return float(s.replace(",", ""))
+
+
+@cache
+def _param_counts(preset: str) -> dict[str, int]:
+    import torch
+
+    from csm_lib.model import CSM, PRESETS
+
+    with torch.device("meta"):
+        return CSM(PRESETS[preset]).num_parameters()
+
+
+def params(preset: str, part: str = "total"):
+    return lambda: _param_counts(preset)[part]
+
+
+SEED_STACK = {"dim": 512, "layers": 12, "hidden": 2048}  # the seed's d_model and n_layers; a 4 x d_model MLP
+
+
+def llama_stack_params() -> int:
+    """The seed's d_model=512, n_layers=12 as our Llama blocks (full multi-head attention, SwiGLU MLP)."""
+    import torch
+
+    from csm_lib.backbone import Block, TransformerConfig
+
+    dim, layers, hidden = SEED_STACK.values()
+    with torch.device("meta"):
+        block = Block(TransformerConfig(dim, layers, 8, 8, hidden), 0)
+    return layers * sum(p.numel() for p in block.parameters())
+
+
+def threads(device: str) -> int:
+    """'x86_64 CPU, 2 threads' -> 2."""
+    return int(re.search(r"(\d+) threads", device).group(1))
+
+
+def grid_gb(d: dict, fused: bool, checkpointing: bool | None, pick) -> float:
+    """``pick`` (min / max) of the measured peak over paper_422m_gpu.json's grid rows of one optimizer."""
+    return pick(r["max_allocated_gb"] for r in d["grid"]
+                if r["fused_adam"] == fused and checkpointing in (None, r["checkpointing"]))
+
+
+RATIO = lambda d: [r["estimate_gb"] / r["max_allocated_gb"] for r in d["grid"]]  # noqa: E731
+SWAP = r"f0_closer_to_b_fraction\s+([\d.]+)\s*\npairs_with_pitch\s+([\d.]+)"  # chapter 03's swap summary
+FIT = r"window_seconds\s*\n\s*\d+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+([\d.]+)"  # chapter 06 §2
+BANK = r"after (\d+) turns \(\d+ positions\): [\d,]+ floats of KV cache = (\d+)x"  # chapter 06 §4
+XCOST = r"(?m)^\s*\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+(0\.\d+)\s*\\?$"  # chapter 06's table: 'saved' per turn
+
+K = "results/kv_cache_speedup.json"
+GPU = "results/paper_422m_gpu.json"
+NB06 = "notebooks/06_context_and_memory.ipynb"
+
+# (README row label, source file, key, format)
+ENTRIES = [
+    # --- What is measured so far ------------------------------------------------------------------------------
+    ("| corpus synthesis speed", "results/corpus_build.json", ["hours"], "({:.0f} h of speech"),
+    ("| corpus synthesis speed", "results/corpus_build.json", ["workers"], "{} worker processes"),
+    ("| corpus synthesis speed", "results/corpus_build.json", ["turns"], "{} turns"),
+    ("| corpus synthesis speed", "results/corpus_build.json", ["realtime_factor"], "{:.0f}x faster than real time"),
+    ("| corpus synthesis speed", "results/corpus_build.json", ["build_seconds"], "({:.0f} s)"),
+    ("| ground-truth WER, pocketsphinx", "results/judges_baseline.json", ["n_turns"], "({} turns)"),
+    ("| ground-truth WER, pocketsphinx", "results/judges_baseline.json", ["wer_by_voice", "awb"], "awb {:.1%}"),
+    ("| ground-truth WER, pocketsphinx", "results/judges_baseline.json", ["wer_by_voice", "rms"], "rms {:.1%}"),
+    ("| ground-truth WER, pocketsphinx", "results/judges_baseline.json", ["wer_by_voice", "slt"], "slt {:.1%}"),
+    ("| ground-truth WER, pocketsphinx", "results/judges_baseline.json", ["wer_by_voice", "kal16"], "kal16 {:.1%}"),
+    ("| speaker similarity (resemblyzer)", "results/judges_baseline.json", ["sim", "same_voice_mean"], "{:.2f} vs"),
+    ("| speaker similarity (resemblyzer)", "results/judges_baseline.json", ["sim", "different_voice_mean"],
+     "vs {:.2f}"),
+    ("| F0 tracking", "results/judges_baseline.json",
+     lambda d: max(v["median_abs_rel_error"] for v in d["f0_tracking"].values() if v["honours_pitch"]),
+     lambda x: f"≤ {math.ceil(100 * x)}%"),
+    ("| F0 tracking", "results/judges_baseline.json",
+     lambda d: sorted(v for v, f in d["f0_tracking"].items() if not f["honours_pitch"]),
+     lambda v: f"{', '.join(v)} ignores pitch"),
+    *[("| F0 tracking", "results/judges_baseline.json", ["f0_tracking", v, "spearman_measured_vs_requested"],
+       v + " {:.2f}") for v in ("rms", "awb", "slt", "kal16")],
+    ("| text tokens per second", "notebooks/01_data.ipynb",
+     r"characters: ([\d.]+) tokens/s, BPE-1024: [\d.]+ tokens/s", "{} vs"),
+    ("| text tokens per second", "notebooks/01_data.ipynb",
+     r"characters: [\d.]+ tokens/s, BPE-1024: ([\d.]+) tokens/s", "vs {}"),
+    ("| reference codec, test split, all", "results/codec.json", ["all_codebooks", "n_q"], "all {} codebooks"),
+    ("| reference codec, test split, all", "results/codec.json", ["all_codebooks", "kbps"], "({:.1f} kbps)"),
+    ("| reference codec, test split, all", "results/codec.json", ["all_codebooks", "wer"], "{:.1%} /"),
+    ("| reference codec, test split, all", "results/codec.json", ["ground_truth_wer"], "/ {:.1%}"),
+    ("| reference codec: SIM to the original", "results/codec.json", ["all_codebooks", "sim"], "{:.3f},"),
+    ("| reference codec: SIM to the original", "results/codec.json", ["all_codebooks", "pesq"], "{:.2f},"),
+    ("| reference codec: SIM to the original", "results/codec.json", ["all_codebooks", "stoi"], "{:.3f}"),
+    ("| reference codec: encode + decode", "results/codec.json", ["all_codebooks", "threads"], "{} CPU threads"),
+    ("| reference codec: encode + decode", "results/codec.json", ["all_codebooks", "rtf"], "{:.4f}"),
+    ("| reference codec: encode + decode", "results/codec.json", lambda d: 1 / d["all_codebooks"]["rtf"],
+     "({:.0f}x faster than real time)"),
+    ("| reference codec, codebook 0 alone", "results/codec.json", ["1_codebooks", "kbps"], "({:.3f} kbps)"),
+    ("| reference codec, codebook 0 alone", "results/codec.json", ["1_codebooks", "wer"], "{:.1%},"),
+    ("| reference codec, codebook 0 alone", "results/codec.json", ["1_codebooks", "sim"], "{:.3f}"),
+    ("| reference codec training", "checkpoints/codec_reference.json", ["steps"], "{:,} steps"),
+    ("| reference codec training", "checkpoints/codec_reference.json", ["train", "batch"], "of {} x"),
+    ("| reference codec training", "checkpoints/codec_reference.json", ["train", "crop_s"], "x {:.2f} s"),
+    ("| reference codec training", "checkpoints/codec_reference.json",
+     lambda d: threads(d["provenance"]["device"]), "{} CPU threads"),
+    ("| reference codec training", "checkpoints/codec_reference.json", lambda d: d["wall_time_s"] / 60,
+     "{:.0f} min"),
+    *[("| frame-rate sweep", f"results/codec_sweep/{name}.json", key, fmt)
+      for name in ("codec_reference", "codec_reference_25hz", "codec_reference_50hz")
+      for key, fmt in ((["train", "minutes"], "{:.0f}-minute runs"), (["steps"], "{}"),
+                       (lambda d: d["provenance"]["device"].split()[-1], "on an {}"),
+                       (["config", "frame_rate"], "{:g}"), (["valid", "mel"], "{:.3f}"))],
+    ("| parity with transformers'", "results/parity.json", ["max_abs_diff", "codebook0"], lambda x: f"≤ {up1(x)} /"),
+    ("| parity with transformers'", "results/parity.json", ["max_abs_diff", "decoder"], lambda x: f"/ ≤ {up1(x)}"),
+    ("| parity with transformers'", "tests/test_parity.py", r"(?m)^TOL = (\S+)", "test bound {}"),
+    ("| parity with transformers'", "results/parity.json",
+     lambda d: "identical" if d["greedy_codes_identical"] else "DIFFERENT", "greedy codes {}"),
+    ("| parity with transformers'", "results/parity.json", ["greedy_frames_compared"], "for {} frames"),
+    ("| parity with transformers'", "results/parity.json", lambda d: sorted(d["variants"]),
+     lambda v: "plain and Llama-3 RoPE" if v == ["llama3_rope", "rope"] else "?"),
+    ("| parameters, exact (meta device)", None, params("paper_422m"), "{:,} /"),
+    ("| parameters, exact (meta device)", None, params("csm_1b"), "/ {:,}"),
+    ("| KV cache, reference backbone", K, ["torch_threads"], "{} thread"),
+    ("| KV cache, reference backbone", K, ["rows", -1, "context"], "at {:,} positions of context"),
+    ("| KV cache, reference backbone", K, ["rows", -1, "no_cache_ms"], "{:.0f} /"),
+    ("| KV cache, reference backbone", K, ["rows", -1, "cache_ms"], "/ {:.1f} ms"),
+    ("| KV cache, reference backbone", K, ["rows", -1, "speedup_x"], "({:.0f}x)"),
+    ("| KV cache, reference backbone", K, ["rows", 0, "speedup_x"], "{:.1f}x at"),
+    ("| KV cache, reference backbone", K, ["rows", 0, "context"], "at {} positions |"),
+    ("| conversation per backbone position", NB06, (FIT, lambda m: num(m[0][0])), "({:.0f} h corpus)"),
+    ("| conversation per backbone position", NB06, (FIT, lambda m: num(m[0][1])), "{:.1f} +"),
+    ("| conversation per backbone position", NB06, (FIT, lambda m: num(m[0][2])), "+ {:.1f} ="),
+    ("| conversation per backbone position", NB06, (FIT, lambda m: num(m[0][3])), "= {:.1f} per s"),
+    ("| conversation per backbone position", NB06, (FIT, lambda m: int(m[0][4])), "the {:,}-position window"),
+    ("| conversation per backbone position", NB06, (FIT, lambda m: num(m[0][5])), "holds {:.0f} s"),
+    ("| prefill of the reference backbone", "results/context_cost.json", ["rows", -1, "context_positions"],
+     "{:,} positions of context"),
+    ("| prefill of the reference backbone", "results/context_cost.json", ["rows", -1, "prefill_ms"], "{:.0f} ms vs"),
+    ("| prefill of the reference backbone", "results/context_cost.json", ["rows", -1, "next_position_ms"],
+     "vs {:.1f} ms"),
+    ("| prefill of the reference backbone", "results/context_cost.json", ["torch_threads"], "({} threads)"),
+    ("| compute amortization, reference CSM", "results/amortization.json", ["batch", "shape"],
+     lambda s: f"batch ({s[0]}, {s[1]})"),
+    ("| compute amortization, reference CSM", "results/amortization.json", ["settings", 1, "decoder_fraction"],
+     lambda f: f"vs 1/{round(1 / f)}"),
+    ("| compute amortization, reference CSM", "results/amortization.json", ["settings", 0, "saved_bytes"],
+     lambda b: f"{b / 1e6:.1f} vs"),
+    ("| compute amortization, reference CSM", "results/amortization.json", ["settings", 1, "saved_bytes"],
+     lambda b: f"vs {b / 1e6:.1f} MB"),
+    ("| compute amortization, reference CSM", "results/amortization.json",
+     lambda d: d["settings"][1]["saved_bytes"] / d["settings"][0]["saved_bytes"], "({:.2f}x)"),
+    ("| compute amortization, reference CSM", "results/amortization.json", ["timing", "speedup_median"],
+     "{:.2f}x faster"),
+    ("| compute amortization, reference CSM", "results/amortization.json", lambda d: threads(d["device"]),
+     "({} thread)"),
+    # moves to results/amortization_loss.json: the short run of chapter 05 (same inner structure there, at the
+    # top level instead of under "short_run"); switch the file and drop "short_run" from the keys below
+    ("| amortization's effect", "results/amortization.json", ["short_run", "train", "steps"], "{} steps"),
+    ("| amortization's effect", "results/amortization.json", lambda d: list(d["short_run"]["final"]),
+     lambda names: "fraction " + " / ".join(names)),
+    *[("| amortization's effect", "results/amortization.json", ["short_run", "final", name, "valid_decoder_loss"],
+       fmt) for name, fmt in (("1", "{:.3f} /"), ("1/4", "/ {:.3f} /"), ("1/16", "/ {:.3f} nats"))],
+    ("| amortization's effect", "results/amortization.json", ["short_run", "unigram", "codebooks_1_7"],
+     "unigram baseline ({:.3f})"),
+    ("| amortization's effect", "results/amortization.json",
+     lambda d: all(f["valid_decoder_loss"] > d["short_run"]["unigram"]["codebooks_1_7"]
+                   for f in d["short_run"]["final"].values()), lambda none: "none beats" if none else "?"),
+    ("| amortization's effect", "results/amortization.json",
+     lambda d: statistics.pstdev(f["valid_c0_loss"] for f in d["short_run"]["final"].values()) < 0.02,
+     lambda same: "(codebook-0 loss unchanged)" if same else "?"),
+    # end of the amortization_loss.json entries
+    ("| the training loop:", "tests/test_train.py", r"--nproc_per_node=(\d+)", "{}-rank gloo DDP"),
+    ("| the training loop:", "tests/test_train.py", r'"--accum=(\d+)"', "{}-way accumulation"),
+    ("| the training loop:", "tests/test_train.py", r"Same global batch of (\d+) windows", "one batch of {} windows"),
+    ("| the training loop:", "tests/test_train.py", r"assert worst < (\S+),", "same weights to {}"),
+    ("| the training loop:", "tests/test_train.py", r"approx\(a\[s\], rel=([^,]+),", "(rel. {})"),
+    ("| one reference-CSM training step", "results/training_knobs.json", ["what"],
+     lambda s: re.search(r"\d+ windows", s).group()),
+    ("| one reference-CSM training step", "results/training_knobs.json", ["torch_threads"], "{} threads:"),
+    ("| one reference-CSM training step", "results/training_knobs.json",
+     lambda d: d["ms_per_step"]["bf16 autocast"] / d["ms_per_step"]["fp32"], "{:.2f}x /"),
+    ("| one reference-CSM training step", "results/training_knobs.json",
+     lambda d: d["ms_per_step"]["fp32 + checkpointing"] / d["ms_per_step"]["fp32"], "/ {:.2f}x the time"),
+    ("| one reference-CSM training step", "notebooks/07_training.ipynb",
+     r"activations saved for the backward pass: (\d+) MB plain", "kept: {} vs"),
+    ("| one reference-CSM training step", "notebooks/07_training.ipynb",
+     r"(\d+) MB with checkpointing", "vs {} MB with checkpointing"),
+    ("| reference CSM (8.5 M parameters)", "checkpoints/csm_reference.json", ["parameters", "total"],
+     lambda n: f"({n / 1e6:.1f} M parameters)"),
+    ("| reference CSM (8.5 M parameters)", "results/reference_model.json", ["turns"], "held-out turns ({})"),
+    ("| reference CSM (8.5 M parameters)", "results/reference_model.json", ["with_context", "wer"], "{:.1%} ("),
+    ("| reference CSM (8.5 M parameters)", "results/reference_model.json", ["ground_truth", "wer"],
+     "(ground truth {:.1%})"),
+    ("| reference CSM (8.5 M parameters)", "results/reference_model.json", ["with_context", "sim"], "/ {:.3f} /"),
+    ("| reference CSM (8.5 M parameters)", "results/reference_model.json", ["with_context", "style_error"],
+     "/ {:.2f} |"),
+    ("| same, **without context**", "results/reference_model.json", ["without_context", "wer"], "{:.1%} /"),
+    ("| same, **without context**", "results/reference_model.json", ["without_context", "sim"], "/ {:.3f} /"),
+    ("| same, **without context**", "results/reference_model.json", ["without_context", "style_error"],
+     "/ {:.2f} ("),
+    ("| same, **without context**", "results/reference_model.json", ["ground_truth", "style_error"],
+     "style error {:.2f})"),
+    ("| the previous reference (5 h corpus", "results/reference_5h_model.json", ["train", "hours"],
+     "({:.0f} h corpus"),
+    ("| the previous reference (5 h corpus", "results/reference_5h_model.json", ["steps"], "{:,} steps"),
+    ("| the previous reference (5 h corpus", "results/reference_5h_model.json", lambda d: d["wall_time_s"] / 60,
+     "{:.0f} min"),
+    ("| the previous reference (5 h corpus", "results/reference_5h_model.json",
+     lambda d: threads(d["provenance"]["device"]), lambda n: "on one core" if n == 1 else "?"),
+    ("| the previous reference (5 h corpus", "results/reference_model_5h_on_40h_test.json", ["turns"],
+     "the same {} turns"),
+    *[("| the previous reference (5 h corpus", "results/reference_model_5h_on_40h_test.json", [part, key], fmt)
+      for part, end in (("with_context", ";"), ("without_context", " |"))
+      for key, fmt in (("wer", "{:.1%} /"), ("sim", "/ {:.3f} /"), ("style_error", "/ {:.2f}" + end))],
+    ("| reference CSM training:", "checkpoints/csm_reference.json", ["steps"], "{:,} steps"),
+    ("| reference CSM training:", "checkpoints/csm_reference.json", ["train", "batch"], "of {} windows"),
+    ("| reference CSM training:", "checkpoints/csm_reference.json", ["train", "hours"], "{:.0f} h corpus"),
+    ("| reference CSM training:", "checkpoints/csm_reference.json", ["data", "train_hours"], "({:.1f} h train"),
+    ("| reference CSM training:", "checkpoints/csm_reference.json", ["train", "corpus_seed"], "seed {})"),
+    ("| reference CSM training:", "checkpoints/csm_reference.json", ["train", "threads"],
+     lambda n: "two CPU threads" if n == 2 else "?"),
+    ("| reference CSM training:", "checkpoints/csm_reference.json", lambda d: d["wall_time_s"] / 60, "{:.0f} min"),
+    ("| reference CSM training:", "checkpoints/csm_reference.json", ["valid", "valid_c0_loss"], "loss {:.2f} nats"),
+    ("| reference CSM training:", "checkpoints/csm_reference.json",
+     lambda d: math.log(d["config"]["audio_vocab_size"]), "(chance {:.2f};"),
+    ("| reference CSM training:", "results/reference_5h_model.json", ["valid", "valid_c0_loss"],
+     "the 5 h model: {:.2f})"),
+    ("| the first attempt without", "results/reference_attempt1_probe.json",
+     lambda d: next(k for k in d["train"] if k.endswith("_on")).split("_")[1], "after {} frames"),
+    ("| the first attempt without", "results/reference_attempt1_probe.json", ["train", "frames_30_on"], "{:.2f} vs"),
+    ("| the first attempt without", "results/reference_attempt1_probe.json", ["valid", "frames_30_on"],
+     "vs {:.2f} nats"),
+    ("| activation model (`budget.py`)", "tests/test_budget.py", r"approx\(model, rel=([\d.]+)\)",
+     lambda s: f"within {float(s):.0%}"),
+    ("| `paper_422m` peak training memory", GPU, lambda d: len(d["grid"]), "{} configurations"),
+    ("| `paper_422m` peak training memory", GPU, lambda d: sorted({r["micro_batch"] for r in d["grid"]}),
+     lambda b: f"micro-batch {b[0]}–{b[-1]}"),
+    ("| `paper_422m` peak training memory", GPU, lambda d: min(RATIO(d)), "{:.2f}–"),
+    ("| `paper_422m` peak training memory", GPU, lambda d: max(RATIO(d)), "–{:.2f}"),
+    ("| `paper_422m` peak training memory", GPU, lambda d: min(RATIO(d)),
+     lambda r: f"never more than {math.ceil(100 * (1 - r))}% under"),
+    # --- Seed claims: status -----------------------------------------------------------------------------------
+    ("| first codebooks carry", "checkpoints/codec_reference.json", ["config"],
+     lambda c: f"Mimi's {c['n_semantic']} + {c['n_q'] - c['n_semantic']} split"),
+    ("| first codebooks carry", "checkpoints/codec_reference.json", ["config"],
+     lambda c: f"acoustic codebooks {c['n_semantic']}–{c['n_q'] - 1}"),
+    ("| first codebooks carry", "notebooks/03_codec.ipynb", r"sim_hybrid_to_b\s+([\d.]+)",
+     lambda s: f"({num(s):.2f} vs"),
+    ("| first codebooks carry", "notebooks/03_codec.ipynb", r"sim_hybrid_to_a\s+([\d.]+)",
+     lambda s: f"vs {num(s):.2f} to A"),
+    ("| first codebooks carry", "notebooks/03_codec.ipynb", (SWAP, lambda m: m[0]),
+     lambda m: f"in {round(num(m[0]) * num(m[1]))} of {round(num(m[1]))} pairs"),
+    ("| first codebooks carry", "notebooks/03_codec.ipynb", r"wer_hybrid_vs_recon_a_transcript\s+([\d.]+)",
+     lambda s: f"({num(s):.1%} WER"),
+    ("| first codebooks carry", "results/codec.json", ["1_codebooks", "sim"], "(SIM {:.2f} to the original)"),
+    ("| cross-modal attention, dual memory", NB06, r"memory bank at the reference width: [\d,]+ parameters, "
+     r"([\d,]+) floats", "constant {} floats"),
+    ("| cross-modal attention, dual memory", NB06, (BANK, lambda m: int(m[0][1])), "({}x less"),
+    ("| cross-modal attention, dual memory", NB06, (BANK, lambda m: int(m[0][0])), "after a {}-turn conversation"),
+    ("| cross-modal attention, dual memory", NB06, r"memory bank at the reference width: ([\d,]+) parameters",
+     lambda s: f"for {num(s) / 1e6:.2f} M parameters"),
+    ("| cross-modal attention, dual memory", NB06, (XCOST, lambda m: statistics.median(map(num, m))),
+     "saves {:.0%} of"),
+    ("| cross-modal attention, dual memory", None, lambda: __import__("csm_lib.seed_variants").seed_variants
+     .CrossModalConfig().pool, "at pool {},"),
+    ("| a 422M model", None, params("paper_422m"), lambda n: f"has {n / 1e6:.1f}M parameters"),
+    *[("| a 422M model", None, params("paper_422m", part), lambda n, part=part: f"{part} {n / 1e6:.1f}M")
+      for part in ("backbone", "decoder", "embeddings", "heads")],
+    ("| a 422M model", None, llama_stack_params,
+     lambda n: f"a {SEED_STACK['dim']}-wide, {SEED_STACK['layers']}-layer stack of our Llama blocks with a "
+               f"{SEED_STACK['hidden']:,}-wide MLP has {n / 1e6:.1f}M parameters"),
+    ("| ... trained on an 8 GB GPU", GPU, ["cap_bytes"], lambda b: f"under a {b / 1e9:.1f} GB allocator cap"),
+    ("| ... trained on an 8 GB GPU", GPU,
+     lambda d: (next(r for r in d["capped"] if r["fits"]), d["positions_per_window"]),
+     lambda rp: f"{rp[0]['micro_batch'] * rp[0]['accum']} windows of {rp[1]} positions in {rp[0]['accum']} "
+                f"micro-batches of {rp[0]['micro_batch']} train with a peak of {rp[0]['max_allocated_gb']:.2f} GB"),
+    ("| ... trained on an 8 GB GPU", GPU, lambda d: [r["amp"] for r in d["capped"] if r["fits"]],
+     lambda a: " or ".join(a)),
+    ("| ... trained on an 8 GB GPU", GPU, lambda d: grid_gb(d, False, None, min),
+     "every configuration peaks at {:.2f} GB or more"),
+    ("| ... trained on an 8 GB GPU", GPU, lambda d: (grid_gb(d, False, True, min), grid_gb(d, False, True, max)),
+     lambda r: f"({r[0]:.2f}–{r[1]:.2f} GB with checkpointing"),
+    ("| ... trained on an 8 GB GPU", GPU, lambda d: (grid_gb(d, False, False, min), grid_gb(d, False, False, max)),
+     lambda r: f"{r[0]:.2f}–{r[1]:.2f} GB without"),
+    ("| ... trained on an 8 GB GPU", GPU, lambda d: [r["fits"] for r in d["capped"] if not r["fused_adam"]],
+     lambda f: "the capped run runs out of memory" if f == [False] else "?"),
+    ("| ... trained on an 8 GB GPU", GPU,
+     lambda d: sum(d["grid"][0]["estimate_parts_gb"][k] for k in ("weights", "gradients", "optimizer")),
+     "AdamW moments are {:.1f} GB"),
+    ("| ... trained on an 8 GB GPU", GPU, lambda d: next(r for r in d["capped"] if r["fits"])["positions_per_s"],
+     "{:,.0f} positions/s on the H200"),
+    ("| ... trained on an 8 GB GPU", GPU, lambda d: max(d["grid"], key=lambda r: r["positions_per_s"]),
+     lambda r: f"({r['positions_per_s']:,.0f} at micro-batch {r['micro_batch']} "
+               f"{'without' if not r['checkpointing'] else 'with'} checkpointing)"),
+    ("| \"mixed precision training is essential\"", "results/training_knobs.json",
+     lambda d: d["ms_per_step"]["bf16 autocast"] / d["ms_per_step"]["fp32"], "about {:.1f}x *slower*"),
+    ("| KV cache |", K, ["rows", -1, "speedup_x"], "{:.0f}x per generated position"),
+    ("| KV cache |", K, ["rows", -1, "context"], "at {:,} positions of context"),
+    # --- prose ---------------------------------------------------------------------------------------------------
+    ("The test split is small", "results/judges_baseline.json", ["n_turns"], "({} turns,"),
+    ("The test split is small", "results/judges_baseline.json",
+     lambda d: sorted(v["n"] for v in d["f0_tracking"].values()), lambda n: f"{n[0]}–{n[-1]} per voice"),
+    ("the corpus cache (not committed", "results/corpus_build.json", ["build_seconds"], "rebuilt in ~{:.0f} s"),
+    ("Splits are by conversation", "results/corpus_build.json", ["config", "split_fractions"],
+     lambda f: "/".join(f"{100 * x:.0f}" for x in f)),
+    ("installs the pinned dependencies", "pyproject.toml", r'"torch==([\d.]+)"', "torch {}"),
+    ("installs the pinned dependencies", "pyproject.toml", r'"torchaudio==([\d.]+)"', "torchaudio {}"),
+    (".venv/bin/hf download sesame/csm-1b", None, params("csm_1b"), lambda n: f"about {4 * n / 1e9:.0f} GB"),
+    ("The converted model speaks Mimi codes", None, lambda: __import__("csm_lib.model").model.PRESETS["csm_1b"],
+     lambda c: f"{c.n_codebooks} codebooks of {c.audio_vocab_size:,}"),
+]
+
+# Numbers in the two tables that are not measurements, removed before the coverage check. Keep it short.
+ALLOWED = [
+    (r"`[^`]*`", "code: commands, paths, preset and argument names"),
+    (r"§\s?\d+", "section numbers"),
+    (r"\bchapters? \d\d(?:, \d\d)*", "chapter numbers"),
+    (r"(?i)\bcodebook 0\b", "the first codebook's index"),
+    (r"180 ms end-to-end vs pipeline 850 / AudioLM 1200 / VALL-E 950 ms", "the seed's latency claims, quoted"),
+    (r"\b422M\b|an 8 GB GPU|the seed's 8 \+ 8", "the seed's claims, quoted"),
+    (r"requested − 1\\\|", "the 1 of a formula"),
+]
+
+NUMBER = re.compile(r"(?<![A-Za-z_\d.,])(?<![A-Za-z]-)(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e-?\d+)?(?!\d)")
+
+
+@cache
+def readme() -> str:
+    return README.read_text()
+
+
+def units() -> list[str]:
+    """Every table row (one line) and every prose paragraph (lines joined) of the README."""
+    out, para = [], []
+    for line in readme().splitlines() + [""]:
+        if line.startswith("|"):
+            out.append(line)
+        elif line.strip():
+            para.append(line)
+            continue
+        if para:
+            out.append("\n".join(para))
+            para = []
+    return out
+
+
+def unit(label: str) -> str:
+    found = [u for u in units() if label in u]
+    assert len(found) == 1, f"README label {label!r} matches {len(found)} rows/paragraphs, not one"
+    return found[0]
+
+
+def table_rows(heading: str) -> list[str]:
+    """The data rows of the table under ``heading``."""
+    section = readme().split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return rows[2:]  # skip the header and |---| lines
+
+
+def notebook_outputs(path: Path) -> str:
+    text = []
+    for cell in json.loads(path.read_text())["cells"]:
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                text.append("".join(out["text"]))
+            elif "text/plain" in out.get("data", {}):
+                text.append("".join(out["data"]["text/plain"]))
+    return "\n".join(text)
+
+
+@cache
+def _load(file: str):
+    path = ROOT / file
+    if file.endswith(".json"):
+        return json.loads(path.read_text())
+    if file.endswith(".ipynb"):
+        return notebook_outputs(path)
+    return path.read_text()
+
+
+def value(file: str | None, key):
+    if file is None:
+        return key()
+    data = _load(file)
+    if file.endswith(".json"):
+        if callable(key):
+            return key(data)
+        for k in key:
+            data = data[k]
+        return data
+    regex, then = key if isinstance(key, tuple) else (key, None)
+    found = re.findall(regex, data)
+    if then is not None:
+        assert found, f"{file}: no match for {regex!r}"
+        return then(found)
+    assert len(found) == 1, f"{file}: {regex!r} matched {len(found)} times, not once"
+    return found[0]
+
+
+def expected(entry) -> str:
+    _, file, key, fmt = entry
+    v = value(file, key)
+    return fmt(v) if callable(fmt) else fmt.format(v)
+
+
+def appears(text: str, where: str) -> bool:
+    """``text`` in ``where``, not as part of a longer number (and across the line breaks of a paragraph)."""
+    pattern = r"\s+".join(re.escape(part) for part in text.split())
+    before = r"(?<![\d.,])" if text[0].isdigit() else ""
+    after = r"(?!\d|[.,]\d)" if text[-1].isdigit() else ""
+    return re.search(before + pattern + after, where) is not None
+
+
+def entry_id(entry) -> str:
+    label, file, key, _ = entry
+    what = key if isinstance(key, str) else "/".join(map(str, key)) if isinstance(key, list) else "derived"
+    return f"{label.strip('| ')[:28]}|{file}|{what}"[:90]
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[entry_id(e) for e in ENTRIES])
+def test_readme_quotes_the_source(entry):
+    label, file = entry[:2]
+    text, row = expected(entry), unit(label)
+    assert appears(text, row), f"README row {label!r} should say {text!r} (from {file or 'an exact count'}):\n{row}"
+
+
+@pytest.mark.parametrize("heading", TABLES)
+def test_every_number_in_the_tables_is_checked(heading):
+    checked: dict[str, set[str]] = {}
+    broken = set()  # rows with an entry whose source cannot be read: test_readme_quotes_the_source reports them
+    for entry in ENTRIES:
+        try:
+            checked.setdefault(unit(entry[0]), set()).update(NUMBER.findall(expected(entry)))
+        except (LookupError, AssertionError, TypeError, ValueError, OSError):
+            broken.add(unit(entry[0]))
+    rows = table_rows(heading)
+    assert rows, heading
+    unchecked = []
+    for row in rows:
+        if row in broken:
+            continue
+        cells = row.strip("|").split(" | ")
+        text = " | ".join(cells[:2])  # what + value (or claim + status); the command column names commands
+        for pattern, _ in ALLOWED:
+            text = re.sub(pattern, " ", text)
+        extra = [n for n in NUMBER.findall(text) if n not in checked.get(row, set())]
+        if extra:
+            unchecked.append(f"{extra} in {row[:80]}…")
+    assert not unchecked, "numbers without an entry in ENTRIES (or ALLOWED):\n" + "\n".join(unchecked)
+
+
+def test_up1_rounds_up():
+    assert [up1(x) for x in (4.768e-7, 4.47e-8, 8.94e-8, 3e-8, 9.6e-5, 1e-4, 0.0)] == \
+        ["5e-7", "5e-8", "9e-8", "3e-8", "1e-4", "1e-4", "0"]
+    for x in (1.234e-7, 9.99e-9, 2.98e-8):
+        assert float(up1(x)) >= x
