@@ -273,25 +273,30 @@ class StreamingDecoder:
 
     The first push returns ``n_fft - hop`` samples fewer than a frame's worth (the 30 ms the
     overlap-add still waits for); ``flush`` returns them at the end.
+
+    Each decoder owns its convolutions' past (``self.states``, one per ``CausalConv1d`` of the
+    codec's decoder): it lends them to the shared modules for the duration of a ``push`` and takes
+    them back after, so several decoders on one codec (two conversations) never disturb each other.
     """
 
     def __init__(self, codec: Codec, batch_size: int = 1):
         self.codec = codec
         self.convs = [m for m in codec.decoder.modules() if isinstance(m, CausalConv1d)]
+        self.states: list[torch.Tensor | None] = [None] * len(self.convs)  # (B, C_in, kernel - 1) each
         self.tail = torch.zeros(batch_size, codec.cfg.n_fft - codec.cfg.hop)
         self.started = False
-        for m in self.convs:
-            m.state = None
 
     @contextmanager
     def _streaming(self):
-        for m in self.convs:
-            m.streaming = True
+        """The shared convolutions stream with this decoder's states, then give them back."""
+        for m, state in zip(self.convs, self.states, strict=True):
+            m.streaming, m.state = True, state
         try:
             yield
         finally:
+            self.states = [m.state for m in self.convs]
             for m in self.convs:
-                m.streaming = False
+                m.streaming, m.state = False, None
 
     @torch.no_grad()
     def push(self, codes: torch.Tensor) -> torch.Tensor:

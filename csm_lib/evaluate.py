@@ -17,6 +17,11 @@ earlier turn of the conversation, text and ground-truth audio, as ``Segment``s) 
   corpus.
 
 ``python -m csm_lib.evaluate MODEL.safetensors [--turns=N]`` writes ``results/reference_model.json``.
+
+``judge_valid`` is the same judging, on a few validation turns, for ``train.train(cfg, judge=...)``
+(training reports it when ``judge_turns > 0``); ``probe`` asks whether a model reads its text.
+This module and ``train`` do not import each other: what both need (loading checkpoints) lives
+in ``generate``, the corpus windows in ``dataset``.
 """
 
 from __future__ import annotations
@@ -31,11 +36,11 @@ import torch
 
 from csm_lib import audio as A
 from csm_lib import checkpoint, data, metrics
-from csm_lib.generate import Generator, Segment
+from csm_lib.dataset import ConversationWindows, encode_corpus, fingerprint, tokenize_turns
+from csm_lib.generate import Generator, Segment, load_codec, load_model, tokenizer_path
+from csm_lib.model import CSM
 from csm_lib.progress import progress
 from csm_lib.text import TextTokenizer, corpus_tokenizer
-from csm_lib.train import load_model, tokenizer_path
-from csm_lib.train_codec import load_codec
 
 STYLE_KEYS = ("f0_mean", "f0_std", "rate")
 
@@ -73,6 +78,17 @@ def trained_with(meta: dict, **overrides) -> dict:
     return meta["train"] | {"data_root": str(data.DEFAULT_ROOT)} | {k: v for k, v in overrides.items() if v is not None}
 
 
+def model_tokenizer(model_path: str | Path) -> TextTokenizer | None:
+    """The tokenizer saved beside a final model, or None (a ``state-*`` has none: use the corpus's)."""
+    tok = tokenizer_path(model_path)
+    return TextTokenizer.load(tok) if tok.exists() else None
+
+
+def corpus_folder(t: dict) -> Path:
+    """The corpus of the training settings ``t`` (built once, then cached)."""
+    return data.build(data.CorpusConfig.for_hours(t["hours"], seed=t["corpus_seed"]), t["data_root"])
+
+
 def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
              max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test",
              hours: float | None = None, corpus_seed: int | None = None) -> dict:
@@ -83,11 +99,9 @@ def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0
     corpus of another seed shares no conversation with either).
     """
     model, meta = load_model(model_path)
-    tok = tokenizer_path(model_path)
-    tokenizer = TextTokenizer.load(tok) if tok.exists() else None
     t = trained_with(meta, hours=hours, corpus_seed=corpus_seed)
     result = evaluate_model(model, t, max_turns, temperature, topk, max_audio_length_ms, seed, split,
-                            tokenizer)
+                            model_tokenizer(model_path))
     return {"model": str(model_path), "model_steps": meta.get("steps")} | result
 
 
@@ -96,7 +110,7 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
                    tokenizer: TextTokenizer | None = None) -> dict:
     """Judge ``model``, trained with the ``train.TrainConfig`` fields ``t`` (corpus, codec, its tokenizer)."""
     was_training = model.training
-    folder = data.build(data.CorpusConfig.for_hours(t["hours"], seed=t["corpus_seed"]), t["data_root"])
+    folder = corpus_folder(t)
     codec, _ = load_codec(t["codec"])
     gen = Generator(model, codec, tokenizer or corpus_tokenizer(folder))
     sr = gen.sample_rate
@@ -146,6 +160,17 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
             "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
 
 
+def judge_valid(model: CSM, t: dict) -> dict:
+    """WER and SIM of ``t["judge_turns"]`` generated valid turns (with context): ``train.train``'s judge.
+
+    ``t`` is the run's ``train.TrainConfig`` as a dict; the model goes back to its device after.
+    """
+    device = next(model.parameters()).device
+    r = evaluate_model(model.cpu(), t, max_turns=t["judge_turns"], split="valid")
+    model.to(device)
+    return {"valid_wer": r["with_context"]["wer"], "valid_sim": r["with_context"]["sim"]}
+
+
 @torch.no_grad()
 def loss_by_turn_position(model, windows, indices: list[int], scramble_text: bool = False, seed: int = 0) -> dict:
     """Codebook-0 cross-entropy by frame position within its turn: does the model read the text?
@@ -173,16 +198,21 @@ def loss_by_turn_position(model, windows, indices: list[int], scramble_text: boo
             for name, (lo, hi) in bands.items()}
 
 
+def training_windows(t: dict, tokenizer: TextTokenizer | None = None) -> tuple[ConversationWindows, ...]:
+    """The train and valid windows a model with training settings ``t`` was trained on (as ``train.load_data``)."""
+    folder = corpus_folder(t)
+    rows = data.load_manifest(folder)
+    codec, _ = load_codec(t["codec"])
+    codes = encode_corpus(folder, rows, codec, fingerprint(t["codec"]))  # the cache training wrote
+    tokenizer = tokenizer or corpus_tokenizer(folder)
+    return tuple(ConversationWindows(tokenize_turns([r for r in rows if r["split"] == split], codes, tokenizer),
+                                     t["max_len"]) for split in ("train", "valid"))
+
+
 def probe(path: str | Path, n_windows: int = 40) -> dict:
     """``loss_by_turn_position`` on training and validation windows, text intact and scrambled."""
-    from dataclasses import fields
-
-    from csm_lib.train import TrainConfig, load_data
-
     model, meta = load_model(path)
-    t = trained_with(meta)
-    cfg = TrainConfig(**{f.name: t[f.name] for f in fields(TrainConfig) if f.name in t})
-    train_w, valid_w, _, _ = load_data(cfg)
+    train_w, valid_w = training_windows(trained_with(meta), model_tokenizer(path))
     idx = list(range(n_windows))
     return {"model": str(path), "step": meta.get("step", meta.get("steps")),
             "train": loss_by_turn_position(model, train_w, idx),

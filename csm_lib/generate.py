@@ -1,10 +1,16 @@
 """Speaking with CSM: ``Segment`` and ``Generator``, the interface of SesameAILabs/csm.
 
-    gen = Generator(model, codec, tokenizer)
+    gen = load_generator()  # the shipped reference model, its tokenizer and its codec
     context = [Segment(speaker=0, text="hi there", audio=wav0), Segment(1, "hello", wav1)]
     audio = gen.generate("how are you", speaker=0, context=context, max_audio_length_ms=5_000)
     for chunk in gen.stream("how are you", speaker=0, context=context):  # 80 ms at a time
         play(chunk)
+
+``load_generator(model=..., codec=..., device=...)`` loads any trained checkpoint the same way
+and refuses a codec other than the one the model was trained with; ``Generator(model, codec,
+tokenizer)`` assembles one from objects. The loaders of trained checkpoints live here, with
+inference: ``load_model`` (a CSM and its sidecar), ``tokenizer_path`` (its text vocabulary, next
+to it) and ``load_codec``.
 
 The prompt is the context turns (text and audio, ``frames.py``) followed by the new turn's text.
 Then, frame by frame: the backbone's next state gives codebook 0, the audio decoder codebooks
@@ -17,7 +23,11 @@ Context audio is brought to the codec's input level (``audio.normalize_loudness`
 before it is encoded, and must be at the codec's sample rate. If the context does not fit the
 backbone's window together with the new turn and ``max_audio_length_ms`` of audio, the
 **oldest context turns are dropped** (a warning says how many); if the new turn alone does not
-fit, that is an error.
+fit, that is an error. A prompt longer than the windows the model was *trained* on (often
+shorter than the backbone's window) is allowed, with a warning.
+
+Bad input is refused with a ``ValueError`` that says what was expected (``Generator.check_audio``
+lists what can and cannot be checked about context audio).
 """
 
 from __future__ import annotations
@@ -25,15 +35,27 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from csm_lib import audio as A
+from csm_lib import checkpoint
 from csm_lib import frames as Fr
-from csm_lib.backbone import KVCache
-from csm_lib.codec import Codec, StreamingDecoder
-from csm_lib.model import CSM
+from csm_lib.backbone import KVCache, TransformerConfig
+from csm_lib.codec import Codec, CodecConfig, StreamingDecoder
+from csm_lib.dataset import fingerprint
+from csm_lib.model import CSM, CSMConfig
 from csm_lib.text import N_SPEAKERS, TextTokenizer
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: the defaults work from notebooks/ too
+REFERENCE_MODEL = ROOT / "checkpoints" / "csm_reference.safetensors"
+REFERENCE_CODEC = ROOT / "checkpoints" / "codec_reference.safetensors"
+CORPUS_SPEAKERS = 2  # data.py's conversations: speaker ids 0 and 1
+
+# plausible context audio (Generator.check_audio): generous bounds, far outside real speech
+SILENCE_PEAK = 1e-4  # peak amplitude below this (-80 dBFS) is silence
+MIN_S_PER_CHAR, MAX_S_PER_CHAR = 0.01, 1.5  # flite: 0.06-0.08 s per character, 0.4 s for "ok"
 
 
 @dataclass
@@ -50,9 +72,16 @@ class Segment:
 
 
 class Generator:
-    """Generate speech for a turn, given earlier turns, with a trained ``CSM`` and its codec."""
+    """Generate speech for a turn, given earlier turns, with a trained ``CSM`` and its codec.
 
-    def __init__(self, model: CSM, codec: Codec, tokenizer: TextTokenizer):
+    ``n_speakers``: the speaker ids the model was trained with are ``0..n_speakers-1`` (the
+    tokenizer has ``text.N_SPEAKERS`` prefixes, but untrained ones are noise to the model).
+    ``trained_len``: the positions per window the model was trained on (``TrainConfig.max_len``);
+    a longer prompt gets a warning. ``load_generator`` reads both from the checkpoint's sidecar.
+    """
+
+    def __init__(self, model: CSM, codec: Codec, tokenizer: TextTokenizer, n_speakers: int = N_SPEAKERS,
+                 trained_len: int | None = None):
         cfg = model.cfg
         if (cfg.n_codebooks, cfg.audio_vocab_size) != (codec.cfg.n_q, codec.cfg.codebook_size):
             raise ValueError(f"the model expects {cfg.n_codebooks} codebooks of {cfg.audio_vocab_size}; the codec "
@@ -60,7 +89,11 @@ class Generator:
         if tokenizer.vocab_size > cfg.text_vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens; the model's text vocabulary "
                              f"only {cfg.text_vocab_size}")
+        if not 1 <= n_speakers <= N_SPEAKERS:
+            raise ValueError(f"n_speakers must be in 1..{N_SPEAKERS} (the tokenizer's speaker prefixes), "
+                             f"got {n_speakers}")
         self.model, self.codec, self.tokenizer = model.eval(), codec.eval(), tokenizer
+        self.n_speakers, self.trained_len = n_speakers, trained_len
         self.sample_rate = codec.cfg.sample_rate
         self.frame_ms = 1000 / codec.cfg.frame_rate  # 80 ms
 
@@ -68,8 +101,33 @@ class Generator:
     def _check_turn(self, text: str, speaker: int) -> None:
         if not isinstance(text, str) or not text.strip():
             raise ValueError("text must be a non-empty string: a turn needs words")
-        if not (isinstance(speaker, int) and 0 <= speaker < N_SPEAKERS):
-            raise ValueError(f"unknown speaker {speaker!r}: speakers are the integers 0..{N_SPEAKERS - 1}")
+        if not (isinstance(speaker, int) and 0 <= speaker < self.n_speakers):
+            raise ValueError(f"unknown speaker {speaker!r}: the model was trained with the integer speakers "
+                             f"0..{self.n_speakers - 1}")
+
+    def check_audio(self, segment: Segment, wav: torch.Tensor) -> None:
+        """Refuse context audio ``(T,)`` that cannot be speech of ``segment.text``; warn if it is unlikely.
+
+        Checked: every sample is finite; the audio is not silent (peak at least ``SILENCE_PEAK``,
+        -80 dBFS); its duration is within ``MIN_S_PER_CHAR``..``MAX_S_PER_CHAR`` seconds per
+        character of the text (10 ms to 1.5 s; flite's sentences take 60-80 ms, a lone "ok" 0.4 s),
+        else a warning: such audio is hardly this text spoken (a wrong clip, a whole conversation,
+        a fragment).
+        Not checkable: the true sample rate. Samples carry no rate, and ``Segment.sample_rate`` is
+        only what the caller says; 24 or 48 kHz audio passed as 16 kHz is slower and lower speech,
+        but plausible speech, and it passes (resample with ``audio.resample`` first).
+        """
+        where = f"context audio of speaker {segment.speaker} ({segment.text[:40]!r})"
+        if not torch.isfinite(wav).all():
+            raise ValueError(f"{where} contains NaN or infinite samples: expected finite float samples in [-1, 1]")
+        peak = float(wav.abs().max())
+        if peak < SILENCE_PEAK:
+            raise ValueError(f"{where} is silent (peak {peak:.1e}): expected speech, peak at least {SILENCE_PEAK:g}")
+        per_char = wav.numel() / self.sample_rate / len(segment.text.strip())
+        if not MIN_S_PER_CHAR <= per_char <= MAX_S_PER_CHAR:
+            warnings.warn(f"{where} lasts {wav.numel() / self.sample_rate:.2f} s, {per_char:.3f} s per character of "
+                          f"its text: expected {MIN_S_PER_CHAR}..{MAX_S_PER_CHAR} s (is it this text, at "
+                          f"{self.sample_rate} Hz?)", stacklevel=3)
 
     @torch.no_grad()
     def segment_frames(self, segment: Segment) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +140,7 @@ class Generator:
         if wav.dim() != 1 or wav.numel() < self.codec.cfg.samples_per_frame:
             raise ValueError(f"context audio must be mono (T,) with at least one {self.frame_ms:.0f} ms frame, "
                              f"got shape {tuple(wav.shape)}")
+        self.check_audio(segment, wav)
         codes = self.codec.encode(A.normalize_loudness(wav)[None])[0]  # (K, F)
         return Fr.concat([self.text_frames(segment.text, segment.speaker), Fr.audio_frames(codes)])
 
@@ -91,7 +150,8 @@ class Generator:
     def prompt(self, text: str, speaker: int, context: list[Segment], max_frames: int):
         """The context turns then the new turn's text, ``(1, S, K+1)`` frames and mask.
 
-        Oldest context turns are dropped until the prompt and ``max_frames`` generated frames fit.
+        Oldest context turns are dropped until the prompt and ``max_frames`` generated frames fit
+        the backbone's window; a prompt longer than ``trained_len`` only gets a warning.
         """
         self._check_turn(text, speaker)
         turn = self.text_frames(text, speaker)
@@ -108,16 +168,28 @@ class Generator:
             warnings.warn(f"context too long for the {window}-position window: dropped the {dropped} oldest of "
                           f"{len(context)} turns", stacklevel=3)
         frames, mask = Fr.concat([*parts, turn])
+        if self.trained_len and len(frames) > self.trained_len:
+            warnings.warn(f"the prompt is {len(frames)} positions; the model was trained on windows of "
+                          f"{self.trained_len}: the positions past that are untrained (expect worse speech; "
+                          f"shorten the context)", stacklevel=3)
         return frames[None], mask[None]
 
     # --- generation ---------------------------------------------------------------------------
+    def _check_sampling(self, max_audio_length_ms: float, temperature: float, topk: int) -> None:
+        if not max_audio_length_ms >= self.frame_ms:
+            raise ValueError(f"max_audio_length_ms must be at least one frame ({self.frame_ms:.0f} ms), "
+                             f"got {max_audio_length_ms}")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise ValueError(f"topk must be an integer >= 1 (1: greedy), got {topk!r}")
+
     @torch.no_grad()
     def frames(self, text: str, speaker: int, context: list[Segment] | None = None,
                max_audio_length_ms: float = 10_000, temperature: float = 0.9, topk: int = 50,
                seed: int | None = None) -> Iterator[torch.Tensor]:
         """Yield the generated frames' codes ``(1, K)`` one at a time, until end of speech."""
-        if max_audio_length_ms <= 0:
-            raise ValueError(f"max_audio_length_ms must be positive, got {max_audio_length_ms}")
+        self._check_sampling(max_audio_length_ms, temperature, topk)
         max_frames = int(max_audio_length_ms // self.frame_ms)
         frames, mask = self.prompt(text, speaker, list(context or []), max_frames)
         p = next(self.model.parameters())
@@ -159,3 +231,80 @@ class Generator:
             yield decoder.push(codes[..., None].cpu())[0]
         if any_frame:
             yield decoder.flush()[0]
+
+
+# --- loading trained checkpoints ---------------------------------------------------------------
+def tokenizer_path(model_path: str | Path) -> Path:
+    """Where a model checkpoint's tokenizer lives: ``name.safetensors`` -> ``name.tokenizer.json``."""
+    return Path(model_path).with_suffix(".tokenizer.json")
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[CSM, dict]:
+    """A trained CSM in eval mode and its sidecar metadata (from ``model.safetensors`` or a ``state-*``)."""
+    state, meta = checkpoint.load(path)
+    if meta.get("kind") != "csm":
+        raise ValueError(f"{path} is not a CSM checkpoint (kind={meta.get('kind')!r})")
+    c = dict(meta["config"])
+    c["backbone"], c["decoder"] = (TransformerConfig(**{**c[k], "rope_scaling": tuple(c[k]["rope_scaling"])
+                                                         if c[k].get("rope_scaling") else None})
+                                   for k in ("backbone", "decoder"))
+    model = CSM(CSMConfig(**c))
+    if any(k.startswith("model.") for k in state):  # a training state: weights and optimizer moments
+        state = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.to(device).eval(), meta
+
+
+def load_codec(path: str | Path, device: str = "cpu") -> tuple[Codec, dict]:
+    """A trained codec in eval mode, and its sidecar metadata."""
+    state, meta = checkpoint.load(path)
+    if meta.get("kind") != "codec":
+        raise ValueError(f"{path} is not a codec checkpoint (kind={meta.get('kind')!r})")
+    model = Codec(CodecConfig(**meta["config"]))
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta
+
+
+def trained_speakers(meta: dict) -> int:
+    """How many speaker ids (``0..n-1``) a CSM checkpoint was trained with, from its sidecar.
+
+    ``train.py`` records it (``data.n_speakers``); checkpoints written before it did (the shipped
+    reference among them) name this workbook's corpus (``data.corpus_config``), whose
+    conversations have ``CORPUS_SPEAKERS``; a checkpoint recording neither (one converted from
+    csm-1b) gets every id the tokenizer has, ``text.N_SPEAKERS``.
+    """
+    info = meta.get("data") or {}
+    if "n_speakers" in info:
+        return int(info["n_speakers"])
+    return CORPUS_SPEAKERS if "corpus_config" in info else N_SPEAKERS
+
+
+def check_codec(meta: dict, codec_path: str | Path) -> None:
+    """Refuse a codec other than the one the model of sidecar ``meta`` was trained with (by file content)."""
+    info = meta.get("data") or {}
+    expected, given = info.get("codec_fingerprint"), fingerprint(codec_path)
+    if expected is None:
+        warnings.warn(f"the model records no codec fingerprint: cannot check that {codec_path} is its codec",
+                      stacklevel=3)
+    elif expected != given:
+        raise ValueError(f"the model was trained with the codec {info.get('codec')} (fingerprint {expected}); the "
+                         f"codec given, {codec_path}, has fingerprint {given}: pass the codec the model was "
+                         f"trained with")
+
+
+def load_generator(model: str | Path = REFERENCE_MODEL, codec: str | Path = REFERENCE_CODEC,
+                   device: str = "cpu") -> Generator:
+    """A ``Generator`` from checkpoints: the model (on ``device``), its tokenizer and codec (on the CPU).
+
+    The defaults are the reference model and codec shipped in ``checkpoints/``. The codec must be
+    the one the model was trained with (``check_codec``); the speakers and prompt length the model
+    was trained with come from its sidecar (``trained_speakers``, ``train.max_len``).
+    """
+    csm, meta = load_model(model, device)
+    check_codec(meta, codec)
+    tok = tokenizer_path(model)
+    if not tok.exists():
+        raise FileNotFoundError(f"the model's tokenizer {tok} is missing (train.py writes it beside the model)")
+    trained_len = (meta.get("train") or {}).get("max_len")
+    return Generator(csm, load_codec(codec)[0], TextTokenizer.load(tok), n_speakers=trained_speakers(meta),
+                     trained_len=trained_len)

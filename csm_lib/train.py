@@ -17,7 +17,12 @@ Every ``ckpt_every`` steps the run's full state (weights, AdamW moments, step) i
 atomically (``state-<step>.safetensors`` + JSON, then the ``latest`` pointer); ``--resume=true``
 continues from it and truncates the CSV log to that step, so a killed run resumed ends with the
 loss curve of an uninterrupted one. At the end, the weights and their provenance go to
-``<out>/model.safetensors`` (+ ``.json``).
+``<out>/model.safetensors`` (+ ``.json``, which records the codec's fingerprint, the speaker ids and
+``max_len``), the tokenizer beside them; ``generate.load_generator`` loads them with their codec.
+
+Every ``eval_every`` steps: validation losses, and with ``judge_turns > 0`` the metrics of a
+``judge`` passed to ``train`` (``evaluate.judge_valid``: WER and SIM of generated valid turns;
+this module does not import ``evaluate``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -36,10 +42,11 @@ import torch.distributed as dist
 
 from csm_lib import checkpoint, data
 from csm_lib.dataset import ConversationWindows, encode_corpus, fingerprint, tokenize_turns
-from csm_lib.model import CSM, PRESETS, CSMConfig
+from csm_lib.generate import load_codec, tokenizer_path
+from csm_lib.model import CSM, PRESETS
 from csm_lib.progress import progress
 from csm_lib.text import corpus_tokenizer
-from csm_lib.train_codec import load_codec, lr_at, parse_overrides
+from csm_lib.train_codec import lr_at, parse_overrides
 
 
 @dataclass
@@ -65,7 +72,7 @@ class TrainConfig:
     audio_dropout: float = 0.0  # model.CSMConfig.audio_dropout
     eval_every: int = 250
     eval_batches: int = 4
-    judge_turns: int = 0  # > 0: at each evaluation also generate this many valid turns and judge them (WER, SIM)
+    judge_turns: int = 0  # > 0: each evaluation also judges this many generated valid turns (train(cfg, judge=...))
     ckpt_every: int = 250
     log_every: int = 10
     seed: int = 0
@@ -102,7 +109,9 @@ def load_data(cfg: TrainConfig):
                    decoder=replace(base.decoder, max_seq_len=max(base.decoder.max_seq_len, codec.cfg.n_q)))
     corpus_cfg = data.CorpusConfig.for_hours(cfg.hours, seed=cfg.corpus_seed)
     info = {"corpus": folder.name, "corpus_config": asdict(corpus_cfg),
-            "codec": cfg.codec, "codec_fingerprint": fingerprint(cfg.codec), "train_windows": len(windows["train"]),
+            "codec": cfg.codec, "codec_fingerprint": fingerprint(cfg.codec),
+            "n_speakers": 1 + max(r["speaker"] for r in rows if r["split"] == "train"),  # ids 0..n-1 it trains
+            "train_windows": len(windows["train"]),
             "valid_windows": len(windows["valid"]), "train_hours": round(sum(
                 r["duration"] for r in rows if r["split"] == "train") / 3600, 3)}
     info["tokenizer"] = tokenizer
@@ -246,19 +255,17 @@ def evaluate(model: CSM, windows: ConversationWindows, cfg: TrainConfig, device:
             "valid_loss": round((c0 + dec) / n, 4)}
 
 
-def judge(model: CSM, cfg: TrainConfig) -> dict:
-    """WER and SIM of ``cfg.judge_turns`` generated valid turns (with context), or nothing."""
-    if not cfg.judge_turns:
-        return {}
-    from csm_lib.evaluate import evaluate_model  # evaluate imports this module
-
-    r = evaluate_model(model.cpu(), asdict(cfg), max_turns=cfg.judge_turns, split="valid")
-    model.to(cfg.device)
-    return {"valid_wer": r["with_context"]["wer"], "valid_sim": r["with_context"]["sim"]}
-
-
 # --- the loop ---------------------------------------------------------------------------------------
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig, judge: Callable[[CSM, dict], dict] | None = None) -> Path:
+    """Train (module docstring); returns the path of the final ``model.safetensors``.
+
+    ``judge(model, train_settings)``, called at each evaluation when ``cfg.judge_turns > 0``, adds
+    its metrics to the evaluation's (``evaluate.judge_valid``: WER and SIM of generated valid turns).
+    Training does not judge speech itself, so from the command line ``judge_turns`` must stay 0.
+    """
+    if cfg.judge_turns and judge is None:
+        raise ValueError(f"judge_turns={cfg.judge_turns} needs a judge: call train(cfg, judge=evaluate.judge_valid) "
+                         f"from Python, or leave judge_turns at 0")
     rank, world_size = world()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -303,7 +310,8 @@ def train(cfg: TrainConfig) -> Path:
         done = step + 1
         stop = cfg.minutes > 0 and wall > cfg.minutes * 60
         if rank == 0 and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps or stop):
-            evals.append({"step": done} | evaluate(raw, valid_w, cfg, device) | judge(raw, cfg))
+            judged = judge(raw, asdict(cfg)) if cfg.judge_turns else {}
+            evals.append({"step": done} | evaluate(raw, valid_w, cfg, device) | judged)
             with (out / "evals.jsonl").open("a") as f:
                 f.write(json.dumps(evals[-1]) + "\n")
         if rank == 0 and (done % cfg.ckpt_every == 0 or done == cfg.steps or stop):
@@ -322,29 +330,6 @@ def train(cfg: TrainConfig) -> Path:
         dist.barrier()
         dist.destroy_process_group()
     return out / "model.safetensors"
-
-
-def tokenizer_path(model_path: str | Path) -> Path:
-    """Where a model checkpoint's tokenizer lives: ``name.safetensors`` -> ``name.tokenizer.json``."""
-    return Path(model_path).with_suffix(".tokenizer.json")
-
-
-def load_model(path: str | Path, device: str = "cpu") -> tuple[CSM, dict]:
-    """A trained CSM in eval mode and its sidecar metadata (from ``model.safetensors`` or a ``state-*``)."""
-    from csm_lib.backbone import TransformerConfig
-
-    state, meta = checkpoint.load(path)
-    if meta.get("kind") != "csm":
-        raise ValueError(f"{path} is not a CSM checkpoint (kind={meta.get('kind')!r})")
-    c = dict(meta["config"])
-    c["backbone"], c["decoder"] = (TransformerConfig(**{**c[k], "rope_scaling": tuple(c[k]["rope_scaling"])
-                                                         if c[k].get("rope_scaling") else None})
-                                   for k in ("backbone", "decoder"))
-    model = CSM(CSMConfig(**c))
-    if any(k.startswith("model.") for k in state):  # a training state: weights and optimizer moments
-        state = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    return model.to(device).eval(), meta
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from csm_lib import audio as A
 from csm_lib import checkpoint, data, metrics, semantic
-from csm_lib.codec import PRESETS, Codec, CodecConfig, ReconstructionLoss
+from csm_lib.codec import PRESETS, Codec, ReconstructionLoss
+from csm_lib.generate import load_codec
 from csm_lib.progress import progress
 
 
@@ -215,16 +216,6 @@ def validate(model: Codec, loss_fn: ReconstructionLoss, clips: Clips, crop: int,
             sums[k] = sums.get(k, 0.0) + float(v) / n_batches
     model.train()
     return {k: round(v, 4) for k, v in sums.items()}
-
-
-def load_codec(path: str | Path, device: str = "cpu") -> tuple[Codec, dict]:
-    """A trained codec in eval mode, and its sidecar metadata."""
-    state, meta = checkpoint.load(path)
-    if meta.get("kind") != "codec":
-        raise ValueError(f"{path} is not a codec checkpoint (kind={meta.get('kind')!r})")
-    model = Codec(CodecConfig(**meta["config"]))
-    model.load_state_dict(state)
-    return model.to(device).eval(), meta
 
 
 # ----------------------------------------------------------------------------- evaluation

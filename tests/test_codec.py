@@ -55,6 +55,22 @@ def test_streaming_decode_equals_offline(tiny, chunk):
     assert (streamed - offline).abs().max() <= 1e-4
 
 
+def test_two_streaming_decoders_on_one_codec_keep_their_own_state(tiny):
+    """Two conversations streamed on one codec, a frame of each in turn: neither disturbs the other."""
+    codes_a = tiny.encode(torch.randn(1, 6 * 1280) * 0.1)
+    codes_b = tiny.encode(torch.randn(1, 6 * 1280, generator=torch.Generator().manual_seed(1)) * 0.3)
+    assert not torch.equal(codes_a, codes_b)
+    dec_a, dec_b = StreamingDecoder(tiny), StreamingDecoder(tiny)
+    pieces_a, pieces_b = [], []
+    for f in range(codes_a.shape[-1]):
+        pieces_a.append(dec_a.push(codes_a[..., f:f + 1]))
+        pieces_b.append(dec_b.push(codes_b[..., f:f + 1]))
+    for pieces, dec, codes in ((pieces_a, dec_a, codes_a), (pieces_b, dec_b, codes_b)):
+        streamed = torch.cat([*pieces, dec.flush()], dim=-1)
+        assert (streamed - tiny.decode(codes)).abs().max() <= 1e-4
+    assert all(m.state is None and not m.streaming for m in dec_a.convs)  # nothing left on the shared modules
+
+
 def test_training_forward_gives_finite_losses_and_gradients(tiny):
     codec = Codec(PRESETS["tiny"]).train()
     audio = torch.randn(2, 2 * 1280) * 0.1
@@ -94,7 +110,8 @@ def test_bad_input_says_what_is_expected(tiny):
 @pytest.mark.skipif(not REFERENCE.exists(), reason="reference codec checkpoint not built yet")
 def test_reference_codec_streams_real_speech_exactly():
     from csm_lib import data
-    from csm_lib.train_codec import load_codec, mel_distance
+    from csm_lib.generate import load_codec
+    from csm_lib.train_codec import mel_distance
 
     codec, meta = load_codec(REFERENCE)
     x, _ = data.synthesize("The weather was lovely, so we walked along the river.", "slt")

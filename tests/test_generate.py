@@ -1,16 +1,19 @@
 """Generator: Sesame's generate/stream interface over CSM, the frame layout of turns, and bad input."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
+from csm_lib import checkpoint
 from csm_lib import frames as Fr
 from csm_lib.codec import PRESETS as CODEC_PRESETS
 from csm_lib.codec import Codec
-from csm_lib.generate import Generator, Segment
+from csm_lib.dataset import fingerprint
+from csm_lib.generate import REFERENCE_CODEC, REFERENCE_MODEL, Generator, Segment, load_generator, trained_speakers
 from csm_lib.model import CSM, PRESETS
-from csm_lib.text import TextTokenizer
+from csm_lib.text import N_SPEAKERS, TextTokenizer
 
 TEXTS = ["hello there", "how are you today", "fine thanks and you", "the weather is nice"]
 
@@ -118,6 +121,86 @@ def test_too_long_context_drops_oldest_turns(gen):
 def test_codec_and_model_must_agree(gen):
     with pytest.raises(ValueError, match="codebooks"):
         Generator(gen.model, Codec(dataclasses.replace(CODEC_PRESETS["tiny"], n_q=2)), gen.tokenizer)
+
+
+@pytest.mark.parametrize("bad,match", [(math.nan, "NaN"), (math.inf, "infinite")])
+def test_non_finite_context_audio_is_refused(gen, bad, match):
+    wav = speech(0.8, 1)
+    wav[100] = bad
+    with pytest.raises(ValueError, match=match):
+        gen.segment_frames(Segment(0, "hello there", wav))
+
+
+@pytest.mark.parametrize("wav", [torch.zeros(16_000), speech(1.0) * 1e-4], ids=["zeros", "peak-2e-5"])
+def test_silent_context_audio_is_refused(gen, wav):
+    with pytest.raises(ValueError, match="is silent .*expected speech"):
+        gen.segment_frames(Segment(0, "hello there", wav))
+
+
+@pytest.mark.parametrize("text,seconds", [("hi", 4.0), ("the weather is nice and the sun is out today", 0.1)])
+def test_context_audio_of_implausible_length_for_its_text_warns(gen, text, seconds):
+    with pytest.warns(UserWarning, match="per character of its text"):
+        gen.segment_frames(Segment(0, text, speech(seconds)))
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"temperature": -0.1}, "temperature must be >= 0"), ({"temperature": math.nan}, "temperature"),
+    ({"topk": 0}, "topk must be an integer >= 1"), ({"topk": 2.5}, "topk"),
+    ({"max_audio_length_ms": 79}, "at least one frame"),
+])
+def test_bad_sampling_settings_are_refused(gen, kw, match):
+    with pytest.raises(ValueError, match=match):
+        gen.generate("hi", 0, **{"max_audio_length_ms": 160, **kw})
+
+
+def test_speakers_the_model_was_not_trained_with_are_refused(gen):
+    two = Generator(gen.model, gen.codec, gen.tokenizer, n_speakers=2)
+    assert two.generate("hi", 1, max_audio_length_ms=80, seed=0).numel() <= gen.codec.cfg.samples_per_frame
+    with pytest.raises(ValueError, match=r"unknown speaker 2: .*trained with the integer speakers 0\.\.1"):
+        two.generate("hi", 2, max_audio_length_ms=80)
+    with pytest.raises(ValueError, match="unknown speaker 3"):  # a context turn's speaker too
+        two.generate("hi", 0, context=[Segment(3, "hello there", speech(0.8))], max_audio_length_ms=80)
+    with pytest.raises(ValueError, match="n_speakers"):
+        Generator(gen.model, gen.codec, gen.tokenizer, n_speakers=N_SPEAKERS + 1)
+    assert trained_speakers({"data": {"n_speakers": 3}}) == 3
+    assert trained_speakers({"data": {"corpus_config": {}}}) == 2  # this workbook's corpus, before it was recorded
+    assert trained_speakers({}) == N_SPEAKERS
+
+
+def test_prompt_longer_than_the_trained_window_warns(gen):
+    short = Generator(gen.model, gen.codec, gen.tokenizer, trained_len=30)
+    with pytest.warns(UserWarning, match="trained on windows of 30"):
+        frames, _ = short.prompt("fine thanks", 0, context(), max_frames=10)
+    assert 30 < frames.shape[1] <= gen.model.cfg.backbone.max_seq_len  # a warning, not a cut
+
+
+def test_load_generator_checks_the_codec_and_reads_the_sidecar(gen, tmp_path):
+    codec_path = checkpoint.save(tmp_path / "codec", gen.codec.state_dict(),
+                                 {"kind": "codec", "config": dataclasses.asdict(gen.codec.cfg)})
+    other = checkpoint.save(tmp_path / "other", Codec(CODEC_PRESETS["tiny"]).state_dict(),
+                            {"kind": "codec", "config": dataclasses.asdict(gen.codec.cfg)})
+    meta = {"kind": "csm", "config": dataclasses.asdict(gen.model.cfg),
+            "data": {"codec": "codec.safetensors", "codec_fingerprint": fingerprint(codec_path), "n_speakers": 2},
+            "train": {"max_len": 128}}
+    model_path = checkpoint.save(tmp_path / "model", gen.model.state_dict(), meta)
+    gen.tokenizer.save(tmp_path / "model.tokenizer.json")
+    loaded = load_generator(model_path, codec_path)
+    assert (loaded.n_speakers, loaded.trained_len) == (2, 128)
+    kw = dict(context=context(), max_audio_length_ms=160, seed=3)
+    assert torch.equal(loaded.generate("fine thanks", 0, **kw), gen.generate("fine thanks", 0, **kw))
+    with pytest.raises(ValueError, match=r"trained with the codec codec.safetensors .*given, .*other.safetensors"):
+        load_generator(model_path, other)
+    checkpoint.save(tmp_path / "model", gen.model.state_dict(), {k: v for k, v in meta.items() if k != "data"})
+    with pytest.warns(UserWarning, match="records no codec fingerprint"):
+        load_generator(model_path, other)
+
+
+@pytest.mark.skipif(not (REFERENCE_MODEL.exists() and REFERENCE_CODEC.exists()), reason="no reference checkpoints")
+def test_load_generator_defaults_to_the_shipped_reference(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # anywhere: the defaults do not depend on the working directory
+    ref = load_generator()
+    assert ref.n_speakers == 2 and ref.trained_len == 512
+    assert ref.generate("hello there", 0, max_audio_length_ms=160, seed=0).dim() == 1
 
 
 def test_frame_helpers():

@@ -117,6 +117,31 @@ def test_bad_settings_are_refused():
         TrainConfig(preset="huge")
 
 
+def test_judged_generations_come_from_the_judge_given_to_train(tmp_path, monkeypatch):
+    """train does not import evaluate: judge_turns needs a judge passed in, and its metrics are logged."""
+    from csm_lib.generate import REFERENCE_CODEC, load_generator
+    from csm_lib.train import train
+
+    monkeypatch.setenv("CSM_PROGRESS", "0")
+    cfg = TrainConfig(preset="tiny", hours=0.1, corpus_seed=5, batch=4, max_len=192, steps=2, eval_every=2,
+                      eval_batches=1, judge_turns=3, ckpt_every=100, threads=1, codec=str(REFERENCE_CODEC),
+                      out=str(tmp_path / "j"))
+    with pytest.raises(ValueError, match="judge_turns=3 needs a judge"):
+        train(cfg)
+    calls = []
+
+    def judge(model, t):
+        calls.append(t["judge_turns"])
+        return {"valid_wer": 0.5}
+
+    path = train(cfg, judge=judge)
+    assert calls == [3]
+    _, meta = checkpoint.load(path)
+    assert meta["evals"][-1]["valid_wer"] == 0.5 and meta["data"]["n_speakers"] == 2
+    gen = load_generator(path)  # the codec it was trained with: the shipped one, the default
+    assert (gen.n_speakers, gen.trained_len) == (2, 192)
+
+
 def test_read_log_skips_a_torn_line(tmp_path):
     log = tmp_path / "log.csv"
     log.write_text("step,lr,loss,c0_loss,decoder_loss,positions_per_s,seconds\n0,1,2,1,1,5,0.1\n1,1,2,1,1,5,0.2\n2,1,2")
