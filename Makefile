@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
 .PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval budget-gpu results workbook test lab lint clean-data \
-	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs
+	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs test-portable parity
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -105,8 +105,13 @@ bench-training-knobs: setup
 ## bench: every timing benchmark (about 3 min on 2 cores)
 bench: bench-kv-cache bench-amortization bench-context-cost bench-training-knobs
 
+## parity: csm_lib vs transformers' CsmForConditionalGeneration on small random models -> results/parity.json
+## (float32 max |Δ logits| and greedy codes, about 10 s on one core; the README quotes it rounded up)
+parity: setup
+	CSM_PROGRESS=0 $(PY) -m csm_lib.convert parity --out=results/parity.json
+
 ## results: every results/*.json this repository reports
-results: corpus-bench judges-baseline codec-eval model-eval bench
+results: corpus-bench judges-baseline codec-eval model-eval bench parity
 
 ## workbook: execute every notebook in order, headless, in place (cwd = notebooks/).
 ## CSM_PROGRESS=0 so the saved outputs carry no progress bars, matching what `make test` (nbval) produces.
@@ -122,6 +127,13 @@ workbook: setup
 test: setup
 	$(PY) -m ruff check .
 	CSM_PROGRESS=0 $(PY) -m pytest -q $(NBVAL_FLAGS) --durations=10 notebooks tests
+
+## test-portable: `make test` as on another CPU. PyTorch, oneDNN and MKL are held to their plain (SSE) kernels,
+## so floats come out different in the last bits, as they do on a reader's machine; every compared output must
+## still match and every assert hold. Slower than `make test`.
+test-portable: setup
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2 \
+	  CSM_PROGRESS=0 $(PY) -m pytest -q $(NBVAL_FLAGS) --durations=10 notebooks tests
 
 lab: setup
 	$(PY) -m jupyter lab notebooks/

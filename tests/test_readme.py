@@ -197,22 +197,20 @@ ENTRIES = [
      "{:.2f}x faster"),
     ("| compute amortization, reference CSM", "results/amortization.json", lambda d: threads(d["device"]),
      "({} thread)"),
-    # moves to results/amortization_loss.json: the short run of chapter 05 (same inner structure there, at the
-    # top level instead of under "short_run"); switch the file and drop "short_run" from the keys below
-    ("| amortization's effect", "results/amortization.json", ["short_run", "train", "steps"], "{} steps"),
-    ("| amortization's effect", "results/amortization.json", lambda d: list(d["short_run"]["final"]),
+    # the short run of chapter 05 (written by notebooks/05_audio_decoder.ipynb under make workbook)
+    ("| amortization's effect", "results/amortization_loss.json", ["train", "steps"], "{} steps"),
+    ("| amortization's effect", "results/amortization_loss.json", lambda d: list(d["final"]),
      lambda names: "fraction " + " / ".join(names)),
-    *[("| amortization's effect", "results/amortization.json", ["short_run", "final", name, "valid_decoder_loss"],
+    *[("| amortization's effect", "results/amortization_loss.json", ["final", name, "valid_decoder_loss"],
        fmt) for name, fmt in (("1", "{:.3f} /"), ("1/4", "/ {:.3f} /"), ("1/16", "/ {:.3f} nats"))],
-    ("| amortization's effect", "results/amortization.json", ["short_run", "unigram", "codebooks_1_7"],
+    ("| amortization's effect", "results/amortization_loss.json", ["unigram", "codebooks_1_7"],
      "unigram baseline ({:.3f})"),
-    ("| amortization's effect", "results/amortization.json",
-     lambda d: all(f["valid_decoder_loss"] > d["short_run"]["unigram"]["codebooks_1_7"]
-                   for f in d["short_run"]["final"].values()), lambda none: "none beats" if none else "?"),
-    ("| amortization's effect", "results/amortization.json",
-     lambda d: statistics.pstdev(f["valid_c0_loss"] for f in d["short_run"]["final"].values()) < 0.02,
+    ("| amortization's effect", "results/amortization_loss.json",
+     lambda d: all(f["valid_decoder_loss"] > d["unigram"]["codebooks_1_7"]
+                   for f in d["final"].values()), lambda none: "none beats" if none else "?"),
+    ("| amortization's effect", "results/amortization_loss.json",
+     lambda d: statistics.pstdev(f["valid_c0_loss"] for f in d["final"].values()) < 0.02,
      lambda same: "(codebook-0 loss unchanged)" if same else "?"),
-    # end of the amortization_loss.json entries
     ("| the training loop:", "tests/test_train.py", r"--nproc_per_node=(\d+)", "{}-rank gloo DDP"),
     ("| the training loop:", "tests/test_train.py", r'"--accum=(\d+)"', "{}-way accumulation"),
     ("| the training loop:", "tests/test_train.py", r"Same global batch of (\d+) windows", "one batch of {} windows"),
