@@ -81,7 +81,7 @@ def llama_stack_params() -> int:
 
 def threads(device: str) -> int:
     """'x86_64 CPU, 2 threads' -> 2."""
-    return int(re.search(r"(\d+) threads", device).group(1))
+    return int(re.search(r"(\d+) threads?", device).group(1))
 
 
 def grid_gb(d: dict, fused: bool, checkpointing: bool | None, pick) -> float:
