@@ -63,7 +63,7 @@ codec-eval: setup
 ## (builds a 40 h corpus of its own seed, ~15 min, and its codec tokens, ~9 min; then 80 min of training on
 ## 2 threads, about 4,800 of the 5,000 steps). Run nothing else meanwhile: two torch threads on two shared
 ## cores slow to a crawl when anything else runs (use --threads=1 then, about 1.6x slower per step).
-## fp32, not bf16: on a CPU without AMX, bf16 autocast measured 1.9x slower (chapter 07).
+## fp32, not bf16: whether bf16 autocast is faster depends on the CPU (results/training_knobs.json); fp32 reproduces on any.
 ## audio_dropout=0.5: without it the model memorises its training turns (results/reference_attempt1_probe.json);
 ## 40 h, not 5 h: on 5 h it still over-fitted (train/valid codebook-0 loss 1.2/2.94 after 1,653 steps).
 model: setup
