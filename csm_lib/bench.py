@@ -29,11 +29,22 @@ import torch
 from csm_lib.backbone import KVCache, Transformer
 from csm_lib.budget import saved_tensor_bytes, training_memory
 from csm_lib.checkpoint import device_name, git_commit
+from csm_lib.generate import REFERENCE_CODEC
 from csm_lib.model import CSM, PRESETS, CSMConfig
-from csm_lib.outputs import REPO, results_dir
+from csm_lib.outputs import results_dir
 from csm_lib.progress import progress
+from csm_lib.train import TrainConfig, load_data
 
-CODEC = str(REPO / "checkpoints" / "codec_reference.safetensors")
+
+@contextmanager
+def threads_set(n: int):
+    """``with threads_set(n):`` run with ``n`` torch threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def median_ms(times: list[float]) -> float:
@@ -152,10 +163,8 @@ def amortization_timing(cfg: CSMConfig, frames: torch.Tensor, mask: torch.Tensor
 
 def reference_batch(max_len: int, windows: int = 8):
     """The first ``windows`` training windows of the 1 h corpus, as chapters 05 and 07 use them."""
-    from csm_lib.train import TrainConfig, load_data  # the data path of chapter 07
-
-    train_w, _, cfg, info = load_data(TrainConfig(preset="reference", hours=1.0, corpus_seed=0, codec=CODEC,
-                                                  max_len=max_len, amp="fp32"))
+    train_w, _, cfg, info = load_data(TrainConfig(preset="reference", hours=1.0, corpus_seed=0,
+                                                  codec=str(REFERENCE_CODEC), max_len=max_len, amp="fp32"))
     frames, mask = train_w.batch(list(range(windows)))
     return frames, mask, cfg, info
 
@@ -272,17 +281,6 @@ def bench_training_knobs(threads: int = 2, repeats: int = 5) -> dict:
 
 
 # ----------------------------------------------------------------------------- the command
-
-
-@contextmanager
-def threads_set(n: int):
-    """``with threads_set(n):`` run with ``n`` torch threads, then restore the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 BENCHMARKS: dict[str, tuple[Callable[..., dict], str, int]] = {  # name -> (function, output file, default threads)

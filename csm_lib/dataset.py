@@ -74,6 +74,14 @@ def tokenize_turns(rows: list[dict], codes: dict[str, np.ndarray], tokenizer: Te
     return turns
 
 
+def split_windows(folder: str | Path, rows: list[dict], codec: Codec, codec_path: str | Path,
+                  tokenizer: TextTokenizer, max_len: int) -> dict[str, ConversationWindows]:
+    """The corpus's train and valid turns, encoded (cached) and cut into windows of ``max_len`` positions."""
+    codes = encode_corpus(folder, rows, codec, fingerprint(codec_path))
+    return {split: ConversationWindows(tokenize_turns([r for r in rows if r["split"] == split], codes, tokenizer),
+                                       max_len) for split in ("train", "valid")}
+
+
 class ConversationWindows:
     """Windows of consecutive turns, at most ``max_len`` positions; one window per starting turn."""
 

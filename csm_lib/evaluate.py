@@ -36,7 +36,7 @@ import torch
 
 from csm_lib import audio as A
 from csm_lib import checkpoint, data, metrics
-from csm_lib.dataset import ConversationWindows, encode_corpus, fingerprint, tokenize_turns
+from csm_lib.dataset import ConversationWindows, split_windows
 from csm_lib.generate import Generator, Segment, load_codec, load_model, tokenizer_path
 from csm_lib.model import CSM
 from csm_lib.progress import progress
@@ -201,12 +201,9 @@ def loss_by_turn_position(model, windows, indices: list[int], scramble_text: boo
 def training_windows(t: dict, tokenizer: TextTokenizer | None = None) -> tuple[ConversationWindows, ...]:
     """The train and valid windows a model with training settings ``t`` was trained on (as ``train.load_data``)."""
     folder = corpus_folder(t)
-    rows = data.load_manifest(folder)
-    codec, _ = load_codec(t["codec"])
-    codes = encode_corpus(folder, rows, codec, fingerprint(t["codec"]))  # the cache training wrote
-    tokenizer = tokenizer or corpus_tokenizer(folder)
-    return tuple(ConversationWindows(tokenize_turns([r for r in rows if r["split"] == split], codes, tokenizer),
-                                     t["max_len"]) for split in ("train", "valid"))
+    windows = split_windows(folder, data.load_manifest(folder), load_codec(t["codec"])[0], t["codec"],
+                            tokenizer or corpus_tokenizer(folder), t["max_len"])  # the codes cache training wrote
+    return windows["train"], windows["valid"]
 
 
 def probe(path: str | Path, n_windows: int = 40) -> dict:

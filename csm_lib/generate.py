@@ -46,11 +46,11 @@ from csm_lib.backbone import KVCache, TransformerConfig
 from csm_lib.codec import Codec, CodecConfig, StreamingDecoder
 from csm_lib.dataset import fingerprint
 from csm_lib.model import CSM, CSMConfig
+from csm_lib.outputs import REPO
 from csm_lib.text import N_SPEAKERS, TextTokenizer
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository: the defaults work from notebooks/ too
-REFERENCE_MODEL = ROOT / "checkpoints" / "csm_reference.safetensors"
-REFERENCE_CODEC = ROOT / "checkpoints" / "codec_reference.safetensors"
+REFERENCE_MODEL = REPO / "checkpoints" / "csm_reference.safetensors"  # from the repository root: the
+REFERENCE_CODEC = REPO / "checkpoints" / "codec_reference.safetensors"  # defaults work from notebooks/ too
 CORPUS_SPEAKERS = 2  # data.py's conversations: speaker ids 0 and 1
 
 # plausible context audio (Generator.check_audio): generous bounds, far outside real speech

@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 
 from csm_lib import checkpoint, data
-from csm_lib.dataset import ConversationWindows, encode_corpus, fingerprint, tokenize_turns
+from csm_lib.dataset import ConversationWindows, fingerprint, split_windows
 from csm_lib.generate import load_codec, tokenizer_path
 from csm_lib.model import CSM, PRESETS
 from csm_lib.progress import progress
@@ -98,9 +98,7 @@ def load_data(cfg: TrainConfig):
     rows = data.load_manifest(folder)
     tokenizer = corpus_tokenizer(folder)
     codec, _ = load_codec(cfg.codec)
-    codes = encode_corpus(folder, rows, codec, fingerprint(cfg.codec))
-    windows = {split: ConversationWindows(tokenize_turns([r for r in rows if r["split"] == split], codes, tokenizer),
-                                          cfg.max_len) for split in ("train", "valid")}
+    windows = split_windows(folder, rows, codec, cfg.codec, tokenizer, cfg.max_len)
     base = PRESETS[cfg.preset]
     mcfg = replace(base, n_codebooks=codec.cfg.n_q, audio_vocab_size=codec.cfg.codebook_size,
                    text_vocab_size=tokenizer.vocab_size, decoder_fraction=cfg.decoder_fraction,
