@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval budget-gpu results workbook test lab lint clean-data \
+.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs budget-gpu results workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs test-portable parity
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
@@ -25,15 +25,16 @@ $(STAMP): pyproject.toml
 	  || $(PY) -m ipykernel install --sys-prefix --name python3
 	touch $@
 
-## flite: make sure the flite TTS binary (corpus synthesis) is installed
+## flite: make sure the Debian packages are installed: flite (corpus synthesis, t2p phones) and wordnet-base
+## (WordNet's example sentences, the text of the natural corpus)
 flite:
-	@if command -v flite >/dev/null 2>&1; then exit 0; fi; \
+	@if command -v flite >/dev/null 2>&1 && [ -f /usr/share/wordnet/data.noun ]; then exit 0; fi; \
 	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
-	  DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y flite; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y flite wordnet-base; \
 	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
-	  sudo DEBIAN_FRONTEND=noninteractive apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y flite; \
+	  sudo DEBIAN_FRONTEND=noninteractive apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y flite wordnet-base; \
 	else \
-	  echo "flite is required: sudo apt-get install flite (Debian/Ubuntu) or brew install flite (macOS)" >&2; exit 1; \
+	  echo "flite and wordnet-base are required: sudo apt-get install flite wordnet-base (Debian/Ubuntu)" >&2; exit 1; \
 	fi
 
 setup: venv flite
@@ -60,25 +61,46 @@ codec-eval: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.train_codec eval --checkpoint=checkpoints/codec_reference
 
 ## model: train the reference CSM on the CPU -> runs/reference, copied to checkpoints/csm_reference.{safetensors,json}
-## (builds a 40 h corpus of its own seed, ~15 min, and its codec tokens, ~9 min; then 80 min of training on
-## 2 threads, about 4,800 of the 5,000 steps). Run nothing else meanwhile: two torch threads on two shared
-## cores slow to a crawl when anything else runs (use --threads=1 then, about 1.6x slower per step).
+## The recipe: the wordnet corpus (real sentences, 20 h, seed 3; 4% of conversations use words training never sees),
+## phones as the text input (chapter 07 compares bpe, chars, phones), MODEL_STEPS steps of 8 windows of 512 positions.
+## Resumable over several sittings: each `make model` trains MODEL_MINUTES more (default 60) and copies the model
+## to checkpoints/; run it again to go on, from runs/reference, or from the committed checkpoint when runs/ is gone
+## (train.resolve_start). The first run also builds the corpus (~7 min) and its codec tokens (~6 min).
+## Run nothing else meanwhile: two torch threads on two shared cores slow to a crawl when anything else runs.
 ## fp32, not bf16: whether bf16 autocast is faster depends on the CPU (results/training_knobs.json); fp32 reproduces on any.
-## audio_dropout=0.5: without it the model memorises its training turns (results/reference_attempt1_probe.json);
-## 40 h, not 5 h: on 5 h it still over-fitted (train/valid codebook-0 loss 1.2/2.94 after 1,653 steps).
+## audio_dropout=0.5: on the template corpus, without it the model memorised its training turns
+## (results/reference_attempt1_probe.json).
+MODEL_STEPS ?= 6000
+MODEL_MINUTES ?= 60
+MODEL_RECIPE = --preset=reference --text=wordnet --hours=20 --corpus_seed=3 --unseen_share=0.04 \
+  --batch=8 --max_len=512 --steps=$(MODEL_STEPS) --lr=1.5e-3 --warmup=200 --amp=fp32 --decoder_fraction=0.25 \
+  --audio_dropout=0.5 --eval_every=250 --judge_turns=0 --threads=2
 model: setup
-	OMP_NUM_THREADS=2 $(PY) -m csm_lib.train --preset=reference --hours=40 --corpus_seed=2 --batch=8 --max_len=512 \
-	  --steps=5000 --minutes=80 --lr=1.5e-3 --warmup=200 --amp=fp32 --decoder_fraction=0.25 --audio_dropout=0.5 \
-	  --eval_every=500 --judge_turns=0 --threads=2 --out=runs/reference
+	OMP_NUM_THREADS=2 $(PY) -m csm_lib.train $(MODEL_RECIPE) --text_input=phones --minutes=$(MODEL_MINUTES) \
+	  --out=runs/reference --continue_from=checkpoints/csm_reference.safetensors
 	cp runs/reference/model.safetensors checkpoints/csm_reference.safetensors
 	cp runs/reference/model.json checkpoints/csm_reference.json
 	cp runs/reference/model.tokenizer.json checkpoints/csm_reference.tokenizer.json
 
-## model-eval: judge the reference CSM on held-out conversations of its corpus -> results/reference_model.json,
-## reference_model_probe.json (about 10 min)
+## model-eval: judge the reference CSM on held-out sentences (test split: 40 turns) and on the unseen-word split
+## (30 turns), with and without context -> results/reference_model.json; reference_model_probe.json (about 20 min)
 model-eval: setup
-	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate checkpoints/csm_reference.safetensors --turns=40
+	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate checkpoints/csm_reference.safetensors --turns=40 --unseen_turns=30
 	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate probe checkpoints/csm_reference.safetensors results/reference_model_probe.json
+
+## text-inputs: what should the backbone read? The model recipe with bpe, chars and phones, COMPARE_MINUTES of
+## training each (same steps schedule, same wall time), judged with context on the same 16 held-out and 16
+## unseen-word turns -> results/text_input.json (chapter 07). About 3 x COMPARE_MINUTES + 20 min.
+COMPARE_MINUTES ?= 12
+COMPARE_TURNS ?= 16
+text-inputs: setup
+	for t in bpe chars phones; do \
+	  OMP_NUM_THREADS=2 $(PY) -m csm_lib.train $(MODEL_RECIPE) --text_input=$$t --minutes=$(COMPARE_MINUTES) \
+	    --out=runs/text-$$t; \
+	done
+	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate compare results/text_input.json \
+	  runs/text-bpe/model.safetensors runs/text-chars/model.safetensors runs/text-phones/model.safetensors \
+	  --turns=$(COMPARE_TURNS)
 
 ## budget-gpu: paper_422m's peak GPU memory and speed, beside the estimate -> results/paper_422m_gpu.json
 ## (needs a CUDA GPU; about 2 min on an H200. The layout step reads the 1 h corpus and may run elsewhere:

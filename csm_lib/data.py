@@ -12,7 +12,13 @@ Layout on disk (``root/<key>/``, where ``key`` hashes every generator parameter)
     manifest.jsonl    one JSON line per turn (see ``Turn``), written last and atomically
     wav/c00012_03.wav 16 kHz mono PCM, loudness-normalised to -23 dBFS
 
-Build with ``python -m csm_lib.data --hours 1`` (``--hours 10`` for the big corpus).
+Text (``CorpusConfig.text``): ``templates`` fills the slots of ``dialogue.py``'s topic templates
+(557 distinct words; a held-out conversation mostly repeats training sentences), ``wordnet``
+builds the same turn-taking from real English sentences (``sentences.py``) and splits by
+sentence as well as by conversation: valid and test conversations use sentences no training
+conversation uses, and a fourth split, ``unseen``, uses sentences with words training never sees.
+
+Build with ``python -m csm_lib.data --hours 1`` (``--text=wordnet`` for real sentences).
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from csm_lib import audio
-from csm_lib.dialogue import make_dialogue
+from csm_lib import sentences as S
+from csm_lib.dialogue import SentencePool, make_dialogue, make_natural_dialogue
 from csm_lib.progress import progress
 
 GENERATOR_VERSION = 2  # bump when the text or the synthesis changes, so old caches are not reused
@@ -48,7 +55,8 @@ VOICES: dict[str, dict] = {
 
 DEFAULT_ROOT = Path(os.environ.get("CSM_DATA", Path(__file__).resolve().parents[1] / "data")) / "corpus"
 SECONDS_PER_CONVERSATION = 34.5  # measured mean of the default generator; used to turn hours into sizes
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "test", "unseen")  # unseen: only in a wordnet corpus
+TEXTS = ("templates", "wordnet")
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,8 @@ class CorpusConfig:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     version: int = field(default=GENERATOR_VERSION)
+    text: str = "templates"  # or "wordnet" (module docstring)
+    unseen_share: float = 0.0  # wordnet: share of conversations in the unseen-words split
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.voices if v not in VOICES]
@@ -92,8 +102,12 @@ class CorpusConfig:
             raise ValueError(f"unknown flite voice(s) {unknown}; choose from {sorted(VOICES)}")
         if len(set(self.voices)) < 2:
             raise ValueError(f"a two-speaker corpus needs at least 2 distinct voices, got {self.voices}")
-        if self.n_conversations < len(SPLITS):
-            raise ValueError(f"n_conversations must be at least {len(SPLITS)} (one per split), "
+        if self.text not in TEXTS:
+            raise ValueError(f"text must be one of {TEXTS}, got {self.text!r}")
+        if not 0 <= self.unseen_share < 1 or (self.unseen_share and self.text != "wordnet"):
+            raise ValueError(f"unseen_share must be in [0, 1) and needs text='wordnet', got {self.unseen_share}")
+        if self.n_conversations < self.n_splits:
+            raise ValueError(f"n_conversations must be at least {self.n_splits} (one per split), "
                              f"got {self.n_conversations}")
         if not 2 <= self.min_turns <= self.max_turns:
             raise ValueError(f"need 2 <= min_turns <= max_turns, got {self.min_turns}, {self.max_turns}")
@@ -109,11 +123,20 @@ class CorpusConfig:
         """A config whose corpus holds about ``hours`` of speech."""
         if not hours > 0:
             raise ValueError(f"hours must be positive, got {hours}")
-        n = max(len(SPLITS), math.ceil(hours * 3600 / SECONDS_PER_CONVERSATION))
+        least = len(SPLITS) - (0 if overrides.get("unseen_share") else 1)  # one conversation per split
+        n = max(least, math.ceil(hours * 3600 / SECONDS_PER_CONVERSATION))
         return cls(n_conversations=n, **overrides)
 
+    @property
+    def n_splits(self) -> int:
+        return len(SPLITS) if self.unseen_share else len(SPLITS) - 1
+
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        fields = asdict(self)
+        for name in ("text", "unseen_share"):  # added later: at their defaults, the older corpora keep their keys
+            if fields[name] == getattr(CorpusConfig, name):
+                del fields[name]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return f"v{self.version}-n{self.n_conversations}-" + hashlib.sha1(blob).hexdigest()[:10]
 
 
@@ -131,6 +154,12 @@ class Turn:
     split: str
     wav: str  # path relative to the corpus folder
     duration: float = 0.0  # seconds, filled in after synthesis
+
+
+def corpus_of(t: dict) -> CorpusConfig:
+    """The corpus of training settings ``t`` (``train.TrainConfig`` as a dict; older ones lack ``text``)."""
+    return CorpusConfig.for_hours(t["hours"], seed=t["corpus_seed"], text=t.get("text", "templates"),
+                                  unseen_share=t.get("unseen_share", 0.0))
 
 
 def require_flite() -> str:
@@ -172,20 +201,44 @@ def sample_style(voice: str, cfg: CorpusConfig, rng: random.Random) -> Style:
                  stretch=round(rng.uniform(*cfg.stretch), 3))
 
 
-def plan(cfg: CorpusConfig) -> list[Turn]:
-    """All turns of the corpus, text and style decided, audio not yet made. Deterministic in cfg."""
+def conversation_splits(cfg: CorpusConfig) -> list[str]:
+    """The split of each conversation: shuffled, cut by ``split_fractions`` (and ``unseen_share``)."""
     order = list(range(cfg.n_conversations))
     random.Random(cfg.seed).shuffle(order)
-    n_valid, n_test = (max(1, round(f * cfg.n_conversations)) for f in cfg.split_fractions[1:])
-    n_train = cfg.n_conversations - n_valid - n_test  # every split holds at least one conversation
-    split_of = {c: ("train" if r < n_train else "valid" if r < n_train + n_valid else "test")
-                for r, c in enumerate(order)}
+    n_unseen = max(1, round(cfg.unseen_share * cfg.n_conversations)) if cfg.unseen_share else 0
+    n_valid, n_test = (max(1, round(f * (cfg.n_conversations - n_unseen))) for f in cfg.split_fractions[1:])
+    n_train = cfg.n_conversations - n_unseen - n_valid - n_test  # every split holds at least one conversation
+    bounds = [("train", n_train), ("valid", n_train + n_valid), ("test", n_train + n_valid + n_test),
+              ("unseen", cfg.n_conversations)]
+    split_of = [""] * cfg.n_conversations
+    for r, c in enumerate(order):
+        split_of[c] = next(name for name, end in bounds if r < end)
+    return split_of
+
+
+def sentence_pools(cfg: CorpusConfig) -> dict[str, dict[str, list[str]]]:
+    """wordnet: each split's sentences by kind, shuffled with the corpus seed (``sentences.split_sentences``)."""
+    splits = S.split_sentences(S.wordnet_sentences(), cfg.seed)
+    return {name: {k: [s for s in sents if S.kind(s) == k] for k in S.KINDS} for name, sents in splits.items()}
+
+
+def plan(cfg: CorpusConfig) -> list[Turn]:
+    """All turns of the corpus, text and style decided, audio not yet made. Deterministic in cfg."""
+    split_of = conversation_splits(cfg)
+    pools = sentence_pools(cfg) if cfg.text == "wordnet" else {}
+    index = {name: 0 for name in SPLITS}  # a conversation's rank inside its split: where it reads its pool
     turns = []
     for c in range(cfg.n_conversations):
         rng = random.Random(f"{cfg.seed}-{c}")  # each conversation is reproducible on its own
         voices = rng.sample(list(cfg.voices), 2)
         styles = [sample_style(v, cfg, rng) for v in voices]
-        topic, texts = make_dialogue(rng, rng.randint(cfg.min_turns, cfg.max_turns))
+        n_turns = rng.randint(cfg.min_turns, cfg.max_turns)
+        if cfg.text == "wordnet":
+            pool = SentencePool(pools[split_of[c]], start=index[split_of[c]] * 2 * cfg.max_turns)
+            topic, texts = make_natural_dialogue(rng, n_turns, pool)
+        else:
+            topic, texts = make_dialogue(rng, n_turns)
+        index[split_of[c]] += 1
         cid = f"c{c:05d}"
         for t, text in enumerate(texts):
             spk = t % 2
@@ -268,12 +321,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Build the flite conversational corpus (cached).")
     p.add_argument("--hours", type=float, default=1.0, help="about how much speech (default 1 h)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text", default="templates", choices=TEXTS, help="template sentences or real ones (wordnet)")
+    p.add_argument("--unseen_share", type=float, default=0.0, help="wordnet: share of unseen-word conversations")
     p.add_argument("--workers", type=int, default=None, help="parallel flite jobs (default: all cores)")
     p.add_argument("--root", default=str(DEFAULT_ROOT))
     p.add_argument("--force", action="store_true", help="rebuild even when cached")
     p.add_argument("--report", default=None, help="also write the build info to this JSON file")
     a = p.parse_args(argv)
-    folder = build(CorpusConfig.for_hours(a.hours, seed=a.seed), a.root, a.workers, a.force)
+    cfg = CorpusConfig.for_hours(a.hours, seed=a.seed, text=a.text, unseen_share=a.unseen_share)
+    folder = build(cfg, a.root, a.workers, a.force)
     info = json.loads((folder / "info.json").read_text()) | {"corpus": folder.name}
     if a.report:
         report = Path(a.report)

@@ -30,7 +30,7 @@ from csm_lib import checkpoint
 from csm_lib import frames as Fr
 from csm_lib.codec import Codec
 from csm_lib.progress import progress
-from csm_lib.text import TextTokenizer
+from csm_lib.text import AnyTokenizer
 
 
 def fingerprint(path: str | Path) -> str:
@@ -63,7 +63,7 @@ class Turn:
     row: dict  # the manifest row (wav path, style, ...)
 
 
-def tokenize_turns(rows: list[dict], codes: dict[str, np.ndarray], tokenizer: TextTokenizer) -> list[Turn]:
+def tokenize_turns(rows: list[dict], codes: dict[str, np.ndarray], tokenizer: AnyTokenizer) -> list[Turn]:
     """Manifest rows and their codes -> ``Turn``s with their frames, in conversation order."""
     turns = []
     for r in sorted(rows, key=lambda r: (r["conversation"], r["turn"])):
@@ -75,7 +75,7 @@ def tokenize_turns(rows: list[dict], codes: dict[str, np.ndarray], tokenizer: Te
 
 
 def split_windows(folder: str | Path, rows: list[dict], codec: Codec, codec_path: str | Path,
-                  tokenizer: TextTokenizer, max_len: int) -> dict[str, ConversationWindows]:
+                  tokenizer: AnyTokenizer, max_len: int) -> dict[str, ConversationWindows]:
     """The corpus's train and valid turns, encoded (cached) and cut into windows of ``max_len`` positions."""
     codes = encode_corpus(folder, rows, codec, fingerprint(codec_path))
     return {split: ConversationWindows(tokenize_turns([r for r in rows if r["split"] == split], codes, tokenizer),

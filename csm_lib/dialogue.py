@@ -382,3 +382,49 @@ def count_distinct_sentences() -> int:
                 combos = len(list(itertools.product(*(slots[k] for k in names)))) if names else 1
                 n += combos * (len(LEAD_INS) if kind in STATEMENTS else 1)
     return n
+
+
+# --- conversations of real sentences (sentences.py) ----------------------------------------------
+class SentencePool:
+    """One split's sentences by kind (``sentences.KINDS``), handed out in a shuffled order.
+
+    ``start`` offsets where a conversation begins reading each list, so that consecutive
+    conversations use different sentences and the corpus covers the pool before repeating it.
+    """
+
+    def __init__(self, by_kind: dict[str, list[str]], start: int = 0):
+        if not any(by_kind.values()):
+            raise ValueError("a sentence pool needs at least one sentence")
+        self.by_kind, self.next = by_kind, {k: start for k in by_kind}
+
+    def take(self, kind: str) -> str:
+        """The next sentence of ``kind`` (a long statement when the split has none of that kind)."""
+        if not self.by_kind.get(kind):
+            kind = max(self.by_kind, key=lambda k: len(self.by_kind[k]))
+        items = self.by_kind[kind]
+        s = items[self.next[kind] % len(items)]
+        self.next[kind] += 1
+        return s
+
+
+def make_natural_dialogue(rng: random.Random, n_turns: int, pool: SentencePool) -> tuple[str, list[str]]:
+    """Text of one conversation of real sentences: ``("wordnet", [turn_0, turn_1, ...])``.
+
+    The turn-taking of ``make_dialogue``: A opens with a short line and a question; the answerer
+    gives one or two statements and, from turn 3 on, sometimes asks back; the asker acknowledges
+    (a short statement) and asks a follow-up question or adds a statement; the last turn closes
+    with short lines. What the sentences say does not follow from the question (WordNet's examples
+    are unrelated to one another): the conversation has the shape of one, not its meaning.
+    """
+    if n_turns < 2:
+        raise ValueError(f"a conversation needs at least 2 turns, got n_turns={n_turns}")
+    turns = [_join(pool.take("short"), pool.take("question"))]
+    for i in range(1, n_turns):
+        if i == n_turns - 1:
+            turns.append(_join(pool.take("short"), pool.take("short") if rng.random() < 0.5 else ""))
+        elif i % 2 == 1:
+            back = pool.take("question") if i >= 3 and rng.random() < 0.4 else ""
+            turns.append(_join(pool.take("long"), pool.take("short") if rng.random() < 0.5 else "", back))
+        else:
+            turns.append(_join(pool.take("short"), pool.take("question") if rng.random() < 0.7 else pool.take("long")))
+    return "wordnet", turns

@@ -16,7 +16,13 @@ earlier turn of the conversation, text and ground-truth audio, as ``Segment``s) 
   held-out turns. 0 is the speaker's own style; 1 is a typical distance between two turns of the
   corpus.
 
-``python -m csm_lib.evaluate MODEL.safetensors [--turns=N]`` writes ``results/reference_model.json``.
+Each summary has a bootstrap 95% interval (over turns) beside its number, the share of generated
+turns that ended by themselves (the end-of-speech frame before ``max_audio_length_ms``) and the
+median duration ratio generated / ground truth; the result records how much the judged turns
+share with the training split (``sentences.overlap``).
+
+``python -m csm_lib.evaluate MODEL.safetensors [--turns=N] [--unseen_turns=N]`` writes
+``results/reference_model.json``.
 
 ``judge_valid`` is the same judging, on a few validation turns, for ``train.train(cfg, judge=...)``
 (training reports it when ``judge_turns > 0``); ``probe`` asks whether a model reads its text.
@@ -40,7 +46,8 @@ from csm_lib.dataset import ConversationWindows, split_windows
 from csm_lib.generate import Generator, Segment, load_codec, load_model, tokenizer_path
 from csm_lib.model import CSM
 from csm_lib.progress import progress
-from csm_lib.text import TextTokenizer, corpus_tokenizer
+from csm_lib.sentences import overlap
+from csm_lib.text import AnyTokenizer, corpus_tokenizer, load_tokenizer
 
 STYLE_KEYS = ("f0_mean", "f0_std", "rate")
 
@@ -78,43 +85,50 @@ def trained_with(meta: dict, **overrides) -> dict:
     return meta["train"] | {"data_root": str(data.DEFAULT_ROOT)} | {k: v for k, v in overrides.items() if v is not None}
 
 
-def model_tokenizer(model_path: str | Path) -> TextTokenizer | None:
+def model_tokenizer(model_path: str | Path) -> AnyTokenizer | None:
     """The tokenizer saved beside a final model, or None (a ``state-*`` has none: use the corpus's)."""
     tok = tokenizer_path(model_path)
-    return TextTokenizer.load(tok) if tok.exists() else None
+    return load_tokenizer(tok) if tok.exists() else None
 
 
 def corpus_folder(t: dict) -> Path:
     """The corpus of the training settings ``t`` (built once, then cached)."""
-    return data.build(data.CorpusConfig.for_hours(t["hours"], seed=t["corpus_seed"]), t["data_root"])
+    return data.build(data.corpus_of(t), t["data_root"])
 
 
 def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
              max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test",
-             hours: float | None = None, corpus_seed: int | None = None) -> dict:
+             hours: float | None = None, corpus_seed: int | None = None, unseen_turns: int = 0) -> dict:
     """Judge the checkpoint ``model_path`` (module docstring): what ``results/reference_model.json`` holds.
 
     By default the held-out split of the model's own training corpus; ``hours``/``corpus_seed`` pick
     another corpus, so that two models trained on different corpora meet the same test turns (a
-    corpus of another seed shares no conversation with either).
+    corpus of another seed shares no conversation with either). ``unseen_turns > 0`` also judges that
+    many turns of the ``unseen`` split (a wordnet corpus: words training never saw), under ``unseen_words``.
     """
     model, meta = load_model(model_path)
     t = trained_with(meta, hours=hours, corpus_seed=corpus_seed)
-    result = evaluate_model(model, t, max_turns, temperature, topk, max_audio_length_ms, seed, split,
-                            model_tokenizer(model_path))
+    tokenizer = model_tokenizer(model_path)
+    result = evaluate_model(model, t, max_turns, temperature, topk, max_audio_length_ms, seed, split, tokenizer)
+    if unseen_turns:
+        unseen = evaluate_model(model, t, unseen_turns, temperature, topk, max_audio_length_ms, seed, "unseen",
+                                tokenizer)
+        result["unseen_words"] = {k: v for k, v in unseen.items() if k not in ("provenance", "settings")}
     return {"model": str(model_path), "model_steps": meta.get("steps")} | result
 
 
 def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
                    max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test",
-                   tokenizer: TextTokenizer | None = None) -> dict:
+                   tokenizer: AnyTokenizer | None = None, without_context: bool = True) -> dict:
     """Judge ``model``, trained with the ``train.TrainConfig`` fields ``t`` (corpus, codec, its tokenizer)."""
     was_training = model.training
     folder = corpus_folder(t)
     codec, _ = load_codec(t["codec"])
-    gen = Generator(model, codec, tokenizer or corpus_tokenizer(folder))
+    gen = Generator(model, codec, tokenizer or corpus_tokenizer(folder, kind=t.get("text_input", "bpe")))
     sr = gen.sample_rate
     targets = held_out_targets(data.load_manifest(folder, split), max_turns)
+    if not targets:
+        raise ValueError(f"the {split} split of corpus {folder.name} has no turns to judge (from a third turn on)")
     judged = []
     t0 = time.perf_counter()
     for i, (row, earlier) in enumerate(progress(targets, desc="generating and judging", unit="turn")):
@@ -127,34 +141,56 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
         entry = {"conversation": row["conversation"], "turn": row["turn"], "text": row["text"],
                  "ref_embedding": ref_emb, "ref_style": ref_style,
                  "ground_truth": judge(A.load(row["wav"])[0], sr, row["text"])}
-        for name, ctx in (("with_context", context), ("without_context", [])):
-            audio = gen.generate(row["text"], row["speaker"], ctx, max_audio_length_ms, temperature, topk,
-                                 seed=seed + i)
-            entry[name] = judge(audio, sr, row["text"])
+        max_frames = int(max_audio_length_ms // gen.frame_ms)
+        for name, ctx in (("with_context", context), ("without_context", []))[:2 if without_context else 1]:
+            codes = list(gen.frames(row["text"], row["speaker"], ctx, max_audio_length_ms, temperature, topk,
+                                    seed=seed + i))
+            audio = gen.codec.decode(torch.stack(codes, dim=-1))[0] if codes else torch.zeros(0)  # = gen.generate
+            entry[name] = judge(audio, sr, row["text"]) | {"ended": len(codes) < max_frames}
         judged.append(entry)
     model.train(was_training)
     # the style error is in units of the ground truth's spread over the judged turns: one turn has none
     spread = np.nanstd(np.stack([e["ground_truth"]["style"] for e in judged]), axis=0) if len(judged) > 1 else None
 
     def summary(name: str) -> dict:
-        hyps = [e[name]["hyp"] for e in judged]
-        sims = [metrics.similarity(e[name]["embedding"], e["ref_embedding"]) if e[name]["embedding"] is not None
-                else 0.0 for e in judged]
-        errs = [] if spread is None else [np.nanmean(np.abs(e[name]["style"] - e["ref_style"]) / spread)
-                                          for e in judged]
-        return {"wer": round(metrics.wer([e["text"] for e in judged], hyps), 4),
-                "sim": round(float(np.mean(sims)), 4),
-                "style_error": round(float(np.nanmean(errs)), 4) if errs else None,
-                "style_error_n": int(np.isfinite(errs).sum()),
-                "seconds_mean": round(float(np.mean([e[name]["seconds"] for e in judged])), 2),
-                "examples": [{"turn": f"{e['conversation']}/{e['turn']}", "text": e["text"], "hyp": e[name]["hyp"]}
-                             for e in judged[:3]]}
+        """Corpus WER, mean SIM, style error, turns ended by end-of-speech, duration ratio (median),
+        each with a bootstrap 95% interval over the judged turns."""
+        edits, n_words = np.array([metrics.word_errors(e["text"], e[name]["hyp"]) for e in judged]).T
+        c_edits, n_chars = np.array([metrics.char_errors(e["text"], e[name]["hyp"]) for e in judged]).T
+        sims = np.array([metrics.similarity(e[name]["embedding"], e["ref_embedding"])
+                         if e[name]["embedding"] is not None else 0.0 for e in judged])
+        errs = np.array([] if spread is None else [np.nanmean(np.abs(e[name]["style"] - e["ref_style"]) / spread)
+                                                   for e in judged])
+        ratio = np.array([e[name]["seconds"] / e["ground_truth"]["seconds"] for e in judged])
+        out = {"wer": round(float(edits.sum() / n_words.sum()), 4),
+               "wer_ci95": metrics.bootstrap_ci(lambda i: edits[i].sum() / n_words[i].sum(), len(judged)),
+               "cer": round(float(c_edits.sum() / n_chars.sum()), 4),
+               "cer_ci95": metrics.bootstrap_ci(lambda i: c_edits[i].sum() / n_chars[i].sum(), len(judged)),
+               "sim": round(float(np.mean(sims)), 4),
+               "sim_ci95": metrics.bootstrap_ci(lambda i: sims[i].mean(), len(judged)),
+               "style_error": round(float(np.nanmean(errs)), 4) if errs.size else None,
+               "style_error_ci95": metrics.bootstrap_ci(lambda i: np.nanmean(errs[i]), len(errs)),
+               "style_error_n": int(np.isfinite(errs).sum()),
+               "seconds_mean": round(float(np.mean([e[name]["seconds"] for e in judged])), 2),
+               "duration_ratio_median": round(float(np.median(ratio)), 4),
+               "duration_ratio_ci95": metrics.bootstrap_ci(lambda i: np.median(ratio[i]), len(judged)),
+               "examples": [{"turn": f"{e['conversation']}/{e['turn']}", "text": e["text"], "hyp": e[name]["hyp"]}
+                            for e in judged[:3]]}
+        if name != "ground_truth":
+            ended = np.array([e[name]["ended"] for e in judged], dtype=float)
+            out |= {"ended_by_eos": round(float(ended.mean()), 4),
+                    "ended_by_eos_ci95": metrics.bootstrap_ci(lambda i: ended[i].mean(), len(judged))}
+        return out
 
-    return {"corpus": folder.name, "split": split, "turns": len(judged),
+    rows = data.load_manifest(folder)
+    shared = overlap([r["text"] for r in rows if r["split"] == "train"], [e["text"] for e in judged])
+    return {"corpus": folder.name, "corpus_text": t.get("text", "templates"),
+            "text_input": t.get("text_input", "bpe"), "split": split, "turns": len(judged),
+            "overlap_with_train": shared,
             "settings": {"temperature": temperature, "topk": topk, "max_audio_length_ms": max_audio_length_ms,
                          "seed": seed},
             "ground_truth": summary("ground_truth"), "with_context": summary("with_context"),
-            "without_context": summary("without_context"),
+            "without_context": summary("without_context") if without_context else None,
             "style_spread_log": None if spread is None else [round(float(s), 4) for s in spread],
             "wall_time_s": round(time.perf_counter() - t0, 1),
             "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
@@ -198,11 +234,12 @@ def loss_by_turn_position(model, windows, indices: list[int], scramble_text: boo
             for name, (lo, hi) in bands.items()}
 
 
-def training_windows(t: dict, tokenizer: TextTokenizer | None = None) -> tuple[ConversationWindows, ...]:
+def training_windows(t: dict, tokenizer: AnyTokenizer | None = None) -> tuple[ConversationWindows, ...]:
     """The train and valid windows a model with training settings ``t`` was trained on (as ``train.load_data``)."""
     folder = corpus_folder(t)
+    tokenizer = tokenizer or corpus_tokenizer(folder, kind=t.get("text_input", "bpe"))
     windows = split_windows(folder, data.load_manifest(folder), load_codec(t["codec"])[0], t["codec"],
-                            tokenizer or corpus_tokenizer(folder), t["max_len"])  # the codes cache training wrote
+                            tokenizer, t["max_len"])  # the codes cache training wrote
     return windows["train"], windows["valid"]
 
 
@@ -218,21 +255,53 @@ def probe(path: str | Path, n_windows: int = 40) -> dict:
             "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
 
 
+def compare_text_inputs(model_paths: list[str | Path], turns: int = 24, unseen_turns: int = 24) -> dict:
+    """Chapter 07's comparison: models trained alike but reading different text (bpe, chars, phones),
+    judged with context on the same held-out and unseen-word turns, with their validation curves."""
+    out = {"models": {}, "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
+    for path in model_paths:
+        model, meta = load_model(path)
+        t, tok = trained_with(meta), model_tokenizer(path)
+        judged = {split: evaluate_model(model, t, n, split=split, tokenizer=tok, without_context=False)
+                  for split, n in (("test", turns), ("unseen", unseen_turns))}
+        _, valid_w = training_windows(t, tok)
+        idx = list(range(min(40, len(valid_w))))
+        reads = {"valid": loss_by_turn_position(model, valid_w, idx),
+                 "valid_text_scrambled": loss_by_turn_position(model, valid_w, idx, scramble_text=True)}
+        out["models"][t.get("text_input", "bpe")] = {
+            "model": str(path), "steps": meta["steps"], "wall_time_s": meta["wall_time_s"],
+            "text_vocab_size": meta["config"]["text_vocab_size"], "corpus": judged["test"]["corpus"],
+            "evals": meta["evals"], "probe": reads,
+            "curve": [{k: r[k] for k in ("step", "c0_loss", "seconds")} for r in meta["history"]],
+            **{split: {k: j[k] for k in ("turns", "ground_truth", "with_context", "overlap_with_train")}
+               for split, j in judged.items()}}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:  # python -m csm_lib.evaluate compare OUT.json MODEL... [--turns=N]
+        opts = dict(a[2:].split("=", 1) for a in argv[2:] if a.startswith("--"))
+        n = int(opts.get("turns", 24))
+        result = compare_text_inputs([a for a in argv[2:] if not a.startswith("--")], n, n)
+        checkpoint.atomic_write(Path(argv[1]), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+        print(json.dumps({k: {s: m[s]["with_context"]["wer"] for s in ("test", "unseen")}
+                          for k, m in result["models"].items()}, indent=2))
+        return
     if argv[:1] == ["probe"] and len(argv) == 3:  # python -m csm_lib.evaluate probe MODEL OUT.json
         result = probe(argv[1])
         checkpoint.atomic_write(Path(argv[2]), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
         print(json.dumps(result, indent=2))
         return
     if not argv or argv[0].startswith("--"):
-        raise SystemExit("usage: python -m csm_lib.evaluate MODEL.safetensors [--turns=N] [--hours=H --corpus_seed=S]"
+        raise SystemExit("usage: python -m csm_lib.evaluate MODEL.safetensors [--turns=N] [--unseen_turns=N]"
+                         " [--hours=H --corpus_seed=S]"
                          " [--out=results/...json]")
     opts = dict(a[2:].split("=", 1) for a in argv[1:])
-    unknown = set(opts) - {"turns", "hours", "corpus_seed", "out"}
+    unknown = set(opts) - {"turns", "unseen_turns", "hours", "corpus_seed", "out"}
     if unknown:
         raise SystemExit(f"unknown option(s) {sorted(unknown)}; expected --turns, --hours, --corpus_seed, --out")
-    result = evaluate(argv[0], max_turns=int(opts.get("turns", 40)),
+    result = evaluate(argv[0], max_turns=int(opts.get("turns", 40)), unseen_turns=int(opts.get("unseen_turns", 0)),
                       hours=float(opts["hours"]) if "hours" in opts else None,
                       corpus_seed=int(opts["corpus_seed"]) if "corpus_seed" in opts else None)
     out = Path(opts.get("out", "results/reference_model.json"))

@@ -47,7 +47,7 @@ from csm_lib.codec import Codec, CodecConfig, StreamingDecoder
 from csm_lib.dataset import fingerprint
 from csm_lib.model import CSM, CSMConfig
 from csm_lib.outputs import REPO
-from csm_lib.text import N_SPEAKERS, TextTokenizer
+from csm_lib.text import N_SPEAKERS, AnyTokenizer, load_tokenizer
 
 REFERENCE_MODEL = REPO / "checkpoints" / "csm_reference.safetensors"  # from the repository root: the
 REFERENCE_CODEC = REPO / "checkpoints" / "codec_reference.safetensors"  # defaults work from notebooks/ too
@@ -80,7 +80,7 @@ class Generator:
     a longer prompt gets a warning. ``load_generator`` reads both from the checkpoint's sidecar.
     """
 
-    def __init__(self, model: CSM, codec: Codec, tokenizer: TextTokenizer, n_speakers: int = N_SPEAKERS,
+    def __init__(self, model: CSM, codec: Codec, tokenizer: AnyTokenizer, n_speakers: int = N_SPEAKERS,
                  trained_len: int | None = None):
         cfg = model.cfg
         if (cfg.n_codebooks, cfg.audio_vocab_size) != (codec.cfg.n_q, codec.cfg.codebook_size):
@@ -306,5 +306,5 @@ def load_generator(model: str | Path = REFERENCE_MODEL, codec: str | Path = REFE
     if not tok.exists():
         raise FileNotFoundError(f"the model's tokenizer {tok} is missing (train.py writes it beside the model)")
     trained_len = (meta.get("train") or {}).get("max_len")
-    return Generator(csm, load_codec(codec)[0], TextTokenizer.load(tok), n_speakers=trained_speakers(meta),
+    return Generator(csm, load_codec(codec)[0], load_tokenizer(tok), n_speakers=trained_speakers(meta),
                      trained_len=trained_len)

@@ -99,6 +99,38 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
     return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
 
 
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(edits, reference words) of one turn, after normalisation: corpus WER is sum / sum."""
+    import jiwer
+
+    ref = normalize_text(reference)
+    if not ref:
+        return 0, 0
+    out = jiwer.process_words(ref, normalize_text(hypothesis) or "")
+    return out.substitutions + out.deletions + out.insertions, len(ref.split())
+
+
+def char_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(edits, reference characters) of one turn, after normalisation: CER credits partly right words."""
+    import jiwer
+
+    ref = normalize_text(reference)
+    if not ref:
+        return 0, 0
+    out = jiwer.process_characters(ref, normalize_text(hypothesis) or "")
+    return out.substitutions + out.deletions + out.insertions, len(ref)
+
+
+def bootstrap_ci(stat, n: int, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of ``stat(indices)`` over ``n`` items resampled with replacement."""
+    if n < 2:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    values = np.sort([stat(rng.integers(0, n, n)) for _ in range(n_boot)])
+    lo, hi = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return [round(float(lo), 4), round(float(hi), 4)]
+
+
 # ----------------------------------------------------------------------------- SIM
 
 @functools.cache

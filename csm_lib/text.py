@@ -7,11 +7,20 @@ around every turn as the reference code does.
 
 A character tokenizer is the same thing with no merges (``vocab_size=0``): chapter 01 compares
 the two by the number that matters to the backbone, text tokens per second of speech.
+
+``PhoneTokenizer`` is the third choice (chapter 07 compares all three): the turn's words as the
+phones flite itself will say (its ``t2p`` front end: lexicon plus letter-to-sound rules), ``|``
+between words, punctuation kept. Same ``encode``/``decode``/``save`` and the same
+``<bos>[speaker]...<eos>`` layout: only the vocabulary changes. ``load_tokenizer`` reads either kind.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -94,13 +103,123 @@ class TextTokenizer:
         return cls(Tokenizer.from_file(str(path)))
 
 
-def corpus_tokenizer(folder: str | Path, vocab_size: int = 1024) -> TextTokenizer:
-    """The tokenizer of a built corpus: trained on its train split once, then loaded from the cache."""
+# --- phones -----------------------------------------------------------------------------------------
+WORD_BOUNDARY, UNK = "|", "<unk>"
+PUNCTUATION = (",", ".", "?", "!")
+_LEXICON: dict[str, list[str]] = {}  # word -> flite phones, filled by t2p as words are met
+
+
+def _t2p(words: list[str]) -> list[list[str]]:
+    """flite's phones of each word. One ``t2p`` call reads many words separated by commas; each
+    comma is a pause (``pau``) in its output, which cuts it back into words."""
+    exe = shutil.which("t2p")
+    if exe is None:
+        raise RuntimeError("flite's t2p is not installed: `sudo apt-get install flite` (Debian/Ubuntu)")
+    out: list[list[str]] = []
+    for i in range(0, len(words), 400):
+        chunk = words[i:i + 400]
+        res = subprocess.run([exe, ", ".join(chunk)], capture_output=True, text=True, check=True)
+        parts = [p.split() for p in res.stdout.split("pau")[1:-1]]
+        if len(parts) != len(chunk):  # a word that makes no pause of its own: one call each
+            parts = [_t2p([w])[0] if len(chunk) > 1 else [p for p in res.stdout.split() if p != "pau"]
+                     for w in chunk]
+        out += parts
+    return out
+
+
+def phonemize(text: str) -> list[str]:
+    """``text`` as flite's phones: ``"Hi, Bob."`` -> ``['hh', 'ay1', ',', '|', 'b', 'aa1', 'b', '.']``."""
+    pieces = re.findall(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*|[,.?!;:]", text)
+    new = sorted({p.lower() for p in pieces if p[0].isalnum()} - _LEXICON.keys())
+    _LEXICON.update(zip(new, _t2p(new), strict=True))
+    out: list[str] = []
+    for p in pieces:
+        if p[0].isalnum():
+            if out and out[-1] != WORD_BOUNDARY:
+                out.append(WORD_BOUNDARY)
+            out += _LEXICON[p.lower()]
+        else:
+            out.append("," if p in ";:" else p)
+    return out
+
+
+class PhoneTokenizer:
+    """Phones of flite's front end as text tokens: ``encode(text, speaker)`` ->
+    ``[<bos>, [speaker], phone, ..., <eos>]``, the layout of ``TextTokenizer``."""
+
+    kind = "phones"
+
+    def __init__(self, phones: list[str]):
+        self.tokens = SPECIALS + [UNK, WORD_BOUNDARY, *PUNCTUATION] + sorted(set(phones) - {UNK, WORD_BOUNDARY,
+                                                                                            *PUNCTUATION})
+        self.ids = {t: i for i, t in enumerate(self.tokens)}
+        self.pad_id, self.bos_id, self.eos_id = (self.ids[s] for s in (PAD, BOS, EOS))
+
+    @classmethod
+    def train(cls, texts: list[str]) -> PhoneTokenizer:
+        """The phone inventory of ``texts`` (flite's ~70 phones with stress marks)."""
+        if not texts:
+            raise ValueError("cannot train a tokenizer on no text")
+        return cls([p for t in texts for p in phonemize(t)])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def speaker_token(self, speaker: int) -> int:
+        if not 0 <= speaker < N_SPEAKERS:
+            raise ValueError(f"speaker id must be in 0..{N_SPEAKERS - 1}, got {speaker}")
+        return self.ids[f"[{speaker}]"]
+
+    def encode(self, text: str, speaker: int) -> list[int]:
+        phones = phonemize(text)
+        if not any(p not in PUNCTUATION for p in phones):
+            raise ValueError(f"cannot encode {text!r}: a turn needs words")
+        unk = self.ids[UNK]
+        return [self.bos_id, self.speaker_token(speaker), *(self.ids.get(p, unk) for p in phones), self.eos_id]
+
+    def decode(self, ids: list[int]) -> str:
+        """``"[speaker]ph ph | ph ..."`` (bos/eos/pad dropped): phones cannot be spelt back."""
+        keep = [self.tokens[i] for i in ids if i not in (self.pad_id, self.bos_id, self.eos_id)]
+        return " ".join(keep).replace("] ", "]")
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"kind": self.kind, "tokens": self.tokens}, indent=0) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+def load_tokenizer(path: str | Path) -> TextTokenizer | PhoneTokenizer:
+    """A saved tokenizer of either kind (a ``PhoneTokenizer`` file says ``"kind": "phones"``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no tokenizer at {path}; train one with TextTokenizer.train(texts)")
+    blob = json.loads(path.read_text())
+    if blob.get("kind") == PhoneTokenizer.kind:
+        return PhoneTokenizer([t for t in blob["tokens"] if t not in SPECIALS])
+    return TextTokenizer.load(path)
+
+
+AnyTokenizer = TextTokenizer | PhoneTokenizer
+TEXT_INPUTS = ("bpe", "chars", "phones")  # what the backbone reads: train.TrainConfig.text_input
+
+
+def corpus_tokenizer(folder: str | Path, vocab_size: int = 1024, kind: str = "bpe") -> AnyTokenizer:
+    """The tokenizer of a built corpus: trained on its train split once, then loaded from the cache.
+
+    ``kind``: ``bpe`` (``vocab_size`` tokens), ``chars`` (no merges) or ``phones``."""
     from csm_lib.data import load_manifest
 
-    path = Path(folder) / f"tokenizer-{vocab_size}.json"
+    if kind not in TEXT_INPUTS:
+        raise ValueError(f"unknown text input {kind!r}; choose from {TEXT_INPUTS}")
+    size = {"bpe": vocab_size, "chars": 0}.get(kind)
+    path = Path(folder) / (f"tokenizer-{size}.json" if size is not None else "tokenizer-phones.json")
     if path.exists():
-        return TextTokenizer.load(path)
-    tok = TextTokenizer.train([r["text"] for r in load_manifest(folder, "train")], vocab_size)
+        return load_tokenizer(path)
+    texts = [r["text"] for r in load_manifest(folder, "train")]
+    tok = TextTokenizer.train(texts, size) if size is not None else PhoneTokenizer.train(texts)
     tok.save(path)
     return tok

@@ -16,9 +16,15 @@ One step:
 Every ``ckpt_every`` steps the run's full state (weights, AdamW moments, step) is written
 atomically (``state-<step>.safetensors`` + JSON, then the ``latest`` pointer); ``--resume=true``
 continues from it and truncates the CSV log to that step, so a killed run resumed ends with the
-loss curve of an uninterrupted one. At the end, the weights and their provenance go to
-``<out>/model.safetensors`` (+ ``.json``, which records the codec's fingerprint, the speaker ids and
-``max_len``), the tokenizer beside them; ``generate.load_generator`` loads them with their codec.
+loss curve of an uninterrupted one. ``--init=MODEL.safetensors`` continues instead from a finished
+model (a committed checkpoint, when ``runs/`` is gone): its weights, step, log and evaluations carry
+on; AdamW's moments start afresh, so the learning rate warms up again over ``warmup`` steps.
+``--continue_from=MODEL.safetensors`` picks for you (``make model``, a recipe run over several
+sittings): resume ``<out>`` if it holds a state, else continue from MODEL if the same recipe made it,
+else start afresh (``resolve_start``).
+At the end, the weights and their provenance go to ``<out>/model.safetensors`` (+ ``.json``, which
+records the codec's fingerprint, the speaker ids and ``max_len``), the tokenizer beside them;
+``generate.load_generator`` loads them with their codec.
 
 Every ``eval_every`` steps: validation losses, and with ``judge_turns > 0`` the metrics of a
 ``judge`` passed to ``train`` (``evaluate.judge_valid``: WER and SIM of generated valid turns;
@@ -45,7 +51,7 @@ from csm_lib.dataset import ConversationWindows, fingerprint, split_windows
 from csm_lib.generate import load_codec, tokenizer_path
 from csm_lib.model import CSM, PRESETS
 from csm_lib.progress import progress
-from csm_lib.text import corpus_tokenizer
+from csm_lib.text import TEXT_INPUTS, corpus_tokenizer
 from csm_lib.train_codec import lr_at, parse_overrides
 
 
@@ -54,6 +60,9 @@ class TrainConfig:
     preset: str = "reference"  # model.PRESETS; codebooks and vocabularies come from the codec and tokenizer
     hours: float = 2.0  # corpus size
     corpus_seed: int = 1  # the codec's training corpus; its test split stays held out
+    text: str = "templates"  # the corpus's sentences: data.CorpusConfig.text (templates | wordnet)
+    unseen_share: float = 0.0  # wordnet: share of conversations in the unseen-words split
+    text_input: str = "bpe"  # what the backbone reads: bpe | chars | phones (text.corpus_tokenizer)
     codec: str = "checkpoints/codec_reference.safetensors"
     max_len: int = 512  # positions per window (about 30 s of conversation)
     batch: int = 8  # windows per step (global: over all micro-batches and ranks)
@@ -80,6 +89,8 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads per process; 0: leave torch's default
     out: str = "runs/reference"
     resume: bool = False
+    init: str = ""  # a finished model.safetensors to continue from (module docstring)
+    continue_from: str = ""  # resume <out> if it has a state, else init from this model if it is this recipe's
     data_root: str = str(data.DEFAULT_ROOT)
 
     def __post_init__(self) -> None:
@@ -87,6 +98,10 @@ class TrainConfig:
             raise ValueError(f"amp must be bf16, fp16 or fp32, got {self.amp!r}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        if self.text_input not in TEXT_INPUTS:
+            raise ValueError(f"text_input must be one of {TEXT_INPUTS}, got {self.text_input!r}")
+        if self.resume and self.init:
+            raise ValueError("resume (from runs/<out>/latest) and init (from a finished model) exclude each other")
         if self.batch < 1 or self.accum < 1 or self.batch % self.accum:
             raise ValueError(f"batch ({self.batch}) must be a positive multiple of accum ({self.accum})")
 
@@ -94,9 +109,10 @@ class TrainConfig:
 # --- data ---------------------------------------------------------------------------------------
 def load_data(cfg: TrainConfig):
     """The corpus, its tokenizer and codec tokens -> (train windows, valid windows, model config, info)."""
-    folder = data.build(data.CorpusConfig.for_hours(cfg.hours, seed=cfg.corpus_seed), cfg.data_root)  # cached
+    corpus_cfg = data.corpus_of(asdict(cfg))
+    folder = data.build(corpus_cfg, cfg.data_root)  # cached
     rows = data.load_manifest(folder)
-    tokenizer = corpus_tokenizer(folder)
+    tokenizer = corpus_tokenizer(folder, kind=cfg.text_input)
     codec, _ = load_codec(cfg.codec)
     windows = split_windows(folder, rows, codec, cfg.codec, tokenizer, cfg.max_len)
     base = PRESETS[cfg.preset]
@@ -105,7 +121,6 @@ def load_data(cfg: TrainConfig):
                    audio_dropout=cfg.audio_dropout,
                    backbone=replace(base.backbone, max_seq_len=max(base.backbone.max_seq_len, cfg.max_len)),
                    decoder=replace(base.decoder, max_seq_len=max(base.decoder.max_seq_len, codec.cfg.n_q)))
-    corpus_cfg = data.CorpusConfig.for_hours(cfg.hours, seed=cfg.corpus_seed)
     info = {"corpus": folder.name, "corpus_config": asdict(corpus_cfg),
             "codec": cfg.codec, "codec_fingerprint": fingerprint(cfg.codec),
             "n_speakers": 1 + max(r["speaker"] for r in rows if r["split"] == "train"),  # ids 0..n-1 it trains
@@ -187,7 +202,49 @@ def read_log(path: Path, before: int) -> list[dict]:
     return [r for r in rows if int(r["step"]) < before]
 
 
+def total_seconds(history: list[dict]) -> float:
+    """Training time over all sittings of a run: each resumed sitting's log restarts its clock at 0."""
+    total, last = 0.0, 0.0
+    for r in history:
+        t = float(r["seconds"])
+        if t < last:  # a new sitting
+            total += last
+        last = t
+    return total + last
+
+
 LOG_FIELDS = ["step", "lr", "loss", "c0_loss", "decoder_loss", "positions_per_s", "seconds"]
+
+
+RECIPE_FIELDS = ("preset", "hours", "corpus_seed", "text", "unseen_share", "text_input", "codec", "max_len",
+                 "batch", "steps", "lr", "warmup", "weight_decay", "decoder_fraction", "audio_dropout", "seed")
+
+
+def resolve_start(cfg: TrainConfig) -> TrainConfig:
+    """``continue_from`` made concrete: ``resume``, ``init`` or neither (module docstring)."""
+    if not cfg.continue_from:
+        return cfg
+    done = replace(cfg, continue_from="")
+    if (Path(cfg.out) / "latest").exists():
+        return replace(done, resume=True)
+    sidecar = Path(cfg.continue_from).with_suffix(".json")
+    if sidecar.exists():
+        meta = json.loads(sidecar.read_text())
+        same = all(meta.get("train", {}).get(f, getattr(TrainConfig, f)) == getattr(cfg, f) for f in RECIPE_FIELDS)
+        if same:  # a finished run (steps reached) continues with no step left: it is saved again as it is
+            return replace(done, init=cfg.continue_from)
+    return done
+
+
+def init_from(path: str | Path, model: CSM) -> tuple[int, list[dict], list[dict]]:
+    """Load a finished model's weights into ``model``: returns its (steps, log rows, evaluations)."""
+    tensors, meta = checkpoint.load(Path(path).with_suffix(""))
+    missing = set(model.state_dict()) ^ set(tensors)
+    if missing or any(tensors[k].shape != v.shape for k, v in model.state_dict().items()):
+        raise ValueError(f"{path} does not fit this model (preset, codec or text input differ): "
+                         f"{sorted(missing)[:5] or 'tensor shapes differ'}")
+    model.load_state_dict(tensors)
+    return meta["steps"], meta.get("history", []), meta.get("evals", [])
 
 
 # --- one step ------------------------------------------------------------------------------------
@@ -264,6 +321,7 @@ def train(cfg: TrainConfig, judge: Callable[[CSM, dict], dict] | None = None) ->
     if cfg.judge_turns and judge is None:
         raise ValueError(f"judge_turns={cfg.judge_turns} needs a judge: call train(cfg, judge=evaluate.judge_valid) "
                          f"from Python, or leave judge_turns at 0")
+    cfg = resolve_start(cfg)
     rank, world_size = world()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -277,11 +335,15 @@ def train(cfg: TrainConfig, judge: Callable[[CSM, dict], dict] | None = None) ->
     raw.backbone.gradient_checkpointing = cfg.checkpointing
     opt = make_optimizer(raw, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
-    start = load_state(out, raw, opt) if cfg.resume else 0
+    start, history, evals = 0, [], []
+    if cfg.resume:
+        start = load_state(out, raw, opt)
+        history = read_log(out / "log.csv", start)
+    elif cfg.init:
+        start, history, evals = init_from(cfg.init, raw)
+    warm_start = start if cfg.init else None
     model = torch.nn.parallel.DistributedDataParallel(raw) if world_size > 1 else raw
     log_path = out / "log.csv"
-    history = read_log(log_path, start) if cfg.resume else []
-    evals: list[dict] = []
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         with log_path.open("w", newline="") as f:  # rewrite: drop rows after the resumed step
@@ -295,7 +357,8 @@ def train(cfg: TrainConfig, judge: Callable[[CSM, dict], dict] | None = None) ->
     step = start
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg)
+            rewarm = 1.0 if warm_start is None else min(1.0, (step - warm_start + 1) / cfg.warmup)
+            group["lr"] = lr_at(step, cfg.steps, cfg) * rewarm
         m = train_step(model, raw, opt, scaler, train_w, step, cfg, rank, world_size, device)
         positions += m["positions"]
         wall = time.perf_counter() - t0

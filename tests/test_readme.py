@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from csm_lib.train import total_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 TABLES = ("## What is measured so far", "## Seed claims: status")  # headings of the tables checked for coverage
@@ -99,6 +101,12 @@ XCOST = r"(?m)^\s*\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+(0\.\d+)\s*\\?$"  # chapte
 K = "results/kv_cache_speedup.json"
 GPU = "results/paper_422m_gpu.json"
 NB06 = "notebooks/06_context_and_memory.ipynb"
+NB01 = "notebooks/01_data.ipynb"
+REF = "results/reference_model.json"
+TI = "results/text_input.json"
+CK = "checkpoints/csm_reference.json"
+FORTY = "results/reference_40h_model.json"
+OLD = "results/reference_model_40h_templates.json"
 
 # (README row label, source file, key, format)
 ENTRIES = [
@@ -227,21 +235,54 @@ ENTRIES = [
      r"activations saved for the backward pass: (\d+) MB plain", "kept: {} vs"),
     ("| one reference-CSM training step", "notebooks/07_training.ipynb",
      r"(\d+) MB with checkpointing", "vs {} MB with checkpointing"),
-    ("| reference CSM (8.5 M parameters)", "checkpoints/csm_reference.json", ["parameters", "total"],
-     lambda n: f"({n / 1e6:.1f} M parameters)"),
-    ("| reference CSM (8.5 M parameters)", "results/reference_model.json", ["turns"], "held-out turns ({})"),
-    ("| reference CSM (8.5 M parameters)", "results/reference_model.json", ["with_context", "wer"], "{:.1%} ("),
-    ("| reference CSM (8.5 M parameters)", "results/reference_model.json", ["ground_truth", "wer"],
-     "(ground truth {:.1%})"),
-    ("| reference CSM (8.5 M parameters)", "results/reference_model.json", ["with_context", "sim"], "/ {:.3f} /"),
-    ("| reference CSM (8.5 M parameters)", "results/reference_model.json", ["with_context", "style_error"],
-     "/ {:.2f} |"),
-    ("| same, **without context**", "results/reference_model.json", ["without_context", "wer"], "{:.1%} /"),
-    ("| same, **without context**", "results/reference_model.json", ["without_context", "sim"], "/ {:.3f} /"),
-    ("| same, **without context**", "results/reference_model.json", ["without_context", "style_error"],
-     "/ {:.2f} ("),
-    ("| same, **without context**", "results/reference_model.json", ["ground_truth", "style_error"],
-     "style error {:.2f})"),
+    # --- the WordNet corpus, the text-input comparison, the reference model (issue 11) ---
+    ("| WordNet example sentences (Debian", NB01, r"([\d,]+) sentences after cleaning", "| {} /"),
+    ("| WordNet example sentences (Debian", NB01, r"sentences after cleaning, ([\d,]+) distinct words", "/ {};"),
+    ("| WordNet example sentences (Debian", REF, ["overlap_with_train", "train_words"], "; {:,};"),
+    ("| WordNet example sentences (Debian", REF, ["overlap_with_train", "sentences_in_train"], "; {} |"),
+    ("| what the backbone reads", TI, lambda d: d["models"]["phones"]["wall_time_s"] / 60, "{:.0f} min of training"),
+    ("| what the backbone reads", TI, ["models", "phones", "test", "turns"], "on {} held-out"),
+    *[("| what the backbone reads", TI, ["models", k, "evals", -1, "valid_c0_loss"], fmt)
+      for k, fmt in (("bpe", "| {:.2f} /"), ("chars", "/ {:.2f} /"), ("phones", "/ {:.2f} nats"))],
+    *[("| what the backbone reads", TI, ["models", k, "test", "with_context", "wer"], fmt)
+      for k, fmt in (("bpe", "; {:.0%} /"), ("chars", "/ {:.0%} /"), ("phones", "/ {:.0%} (ground"))],
+    ("| what the backbone reads", TI, ["models", "phones", "test", "ground_truth", "wer"], "(ground truth {:.0%})"),
+    ("| reference CSM (", "checkpoints/csm_reference.json", ["parameters", "total"],
+     lambda n: f"({n / 1e6:.1f} M parameters"),
+    ("| reference CSM (", REF, ["turns"], "({} turns)"),
+    ("| reference CSM (", REF, ["with_context", "wer"], "| {:.1%} ["),
+    ("| reference CSM (", REF, ["with_context", "wer_ci95"], lambda c: f"[{c[0]:.1%}–{c[1]:.1%}]"),
+    ("| reference CSM (", REF, ["ground_truth", "wer"], "(ground truth {:.1%})"),
+    ("| reference CSM (", REF, ["with_context", "sim"], "/ {:.3f} /"),
+    ("| reference CSM (", REF, ["with_context", "style_error"], "/ {:.2f} /"),
+    ("| reference CSM (", REF, ["with_context", "ended_by_eos"], "/ {:.0%} /"),
+    ("| reference CSM (", REF, ["with_context", "duration_ratio_median"], "/ {:.2f} |"),
+    ("| same, **without context**", REF, ["without_context", "wer"], "{:.1%} /"),
+    ("| same, **without context**", REF, ["without_context", "sim"], "/ {:.3f} /"),
+    ("| same, **without context**", REF, ["without_context", "style_error"], "/ {:.2f} ("),
+    ("| same, **without context**", REF, ["ground_truth", "style_error"], "style error {:.2f})"),
+    ("| same, unseen-word split", REF, ["unseen_words", "turns"], "({} turns)"),
+    ("| same, unseen-word split", REF, ["unseen_words", "with_context", "wer"], "| {:.1%} ["),
+    ("| same, unseen-word split", REF, ["unseen_words", "with_context", "wer_ci95"],
+     lambda c: f"[{c[0]:.1%}–{c[1]:.1%}]"),
+    ("| same, unseen-word split", REF, ["unseen_words", "ground_truth", "wer"], "(ground truth {:.1%})"),
+    ("| reference CSM training so far", CK, ["steps"], "{:,} of"),
+    ("| reference CSM training so far", CK, ["train", "steps"], "of {:,} steps"),
+    ("| reference CSM training so far", CK, ["train", "batch"], "of {} windows"),
+    ("| reference CSM training so far", CK, ["data", "train_hours"], "({:.1f} h train)"),
+    ("| reference CSM training so far", CK, ["train", "threads"], lambda n: "two CPU threads" if n == 2 else "?"),
+    ("| reference CSM training so far", CK, lambda d: total_seconds(d["history"]) / 60, "| {:.0f} min;"),
+    ("| reference CSM training so far", CK, ["valid", "valid_c0_loss"], "loss {:.2f} nats"),
+    ("| reference CSM training so far", CK, lambda d: math.log(d["config"]["audio_vocab_size"]), "(chance {:.2f})"),
+    ("| the template-corpus reference", FORTY, ["train", "hours"], "({:.0f} h,"),
+    ("| the template-corpus reference", FORTY, ["train", "corpus_seed"], "seed {},"),
+    ("| the template-corpus reference", FORTY, ["steps"], "{:,} steps"),
+    ("| the template-corpus reference", FORTY, lambda d: d["wall_time_s"] / 60, "{:.0f} min)"),
+    ("| the template-corpus reference", OLD, ["turns"], "({} turns)"),
+    ("| the template-corpus reference", OLD, ["with_context", "wer"], "| {:.1%} ("),
+    ("| the template-corpus reference", OLD, ["ground_truth", "wer"], "(ground truth {:.1%})"),
+    ("| the template-corpus reference", OLD, ["with_context", "sim"], "/ {:.3f} /"),
+    ("| the template-corpus reference", OLD, ["with_context", "style_error"], "/ {:.2f} |"),
     ("| the previous reference (5 h corpus", "results/reference_5h_model.json", ["train", "hours"],
      "({:.0f} h corpus"),
     ("| the previous reference (5 h corpus", "results/reference_5h_model.json", ["steps"], "{:,} steps"),
@@ -254,19 +295,6 @@ ENTRIES = [
     *[("| the previous reference (5 h corpus", "results/reference_model_5h_on_40h_test.json", [part, key], fmt)
       for part, end in (("with_context", ";"), ("without_context", " |"))
       for key, fmt in (("wer", "{:.1%} /"), ("sim", "/ {:.3f} /"), ("style_error", "/ {:.2f}" + end))],
-    ("| reference CSM training:", "checkpoints/csm_reference.json", ["steps"], "{:,} steps"),
-    ("| reference CSM training:", "checkpoints/csm_reference.json", ["train", "batch"], "of {} windows"),
-    ("| reference CSM training:", "checkpoints/csm_reference.json", ["train", "hours"], "{:.0f} h corpus"),
-    ("| reference CSM training:", "checkpoints/csm_reference.json", ["data", "train_hours"], "({:.1f} h train"),
-    ("| reference CSM training:", "checkpoints/csm_reference.json", ["train", "corpus_seed"], "seed {})"),
-    ("| reference CSM training:", "checkpoints/csm_reference.json", ["train", "threads"],
-     lambda n: "two CPU threads" if n == 2 else "?"),
-    ("| reference CSM training:", "checkpoints/csm_reference.json", lambda d: d["wall_time_s"] / 60, "{:.0f} min"),
-    ("| reference CSM training:", "checkpoints/csm_reference.json", ["valid", "valid_c0_loss"], "loss {:.2f} nats"),
-    ("| reference CSM training:", "checkpoints/csm_reference.json",
-     lambda d: math.log(d["config"]["audio_vocab_size"]), "(chance {:.2f};"),
-    ("| reference CSM training:", "results/reference_5h_model.json", ["valid", "valid_c0_loss"],
-     "the 5 h model: {:.2f})"),
     ("| the first attempt without", "results/reference_attempt1_probe.json",
      lambda d: next(k for k in d["train"] if k.endswith("_on")).split("_")[1], "after {} frames"),
     ("| the first attempt without", "results/reference_attempt1_probe.json", ["train", "frames_30_on"], "{:.2f} vs"),
@@ -361,6 +389,7 @@ ALLOWED = [
     (r"180 ms end-to-end vs pipeline 850 / AudioLM 1200 / VALL-E 950 ms", "the seed's latency claims, quoted"),
     (r"\b422M\b|an 8 GB GPU|the seed's 8 \+ 8", "the seed's claims, quoted"),
     (r"requested − 1\\\|", "the 1 of a formula"),
+    (r"\b95% CI\b", "the level of an interval"),
 ]
 
 NUMBER = re.compile(r"(?<![A-Za-z_\d.,])(?<![A-Za-z]-)(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e-?\d+)?(?!\d)")

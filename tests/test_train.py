@@ -190,3 +190,45 @@ def test_cached_npz_computes_once_and_again_when_keys_are_missing(tmp_path):
     assert calls == [2]  # the second call read the cache
     assert len(checkpoint.cached_npz(cache, ["k2"], lambda: compute(3))) == 3 and calls == [2, 3]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]  # no temporary file left behind
+
+
+def test_make_model_continues_from_a_committed_model_and_reads_phones(tmp_path):
+    """`make model`'s resumable recipe: a run stopped by --minutes, committed, continued after runs/ is gone."""
+    import shutil
+
+    from csm_lib.evaluate import evaluate
+    from csm_lib.train import resolve_start
+
+    recipe = ["--steps=5", "--ckpt_every=100", "--text_input=phones"]
+    run(tmp_path / "first", *recipe, "--minutes=0.0001")  # stops (and saves) after its first step
+    committed = tmp_path / "checkpoints"
+    committed.mkdir()
+    for name in ("model.safetensors", "model.json", "model.tokenizer.json"):
+        shutil.copy(tmp_path / "first" / name, committed / name)
+    shutil.rmtree(tmp_path / "first")
+    assert checkpoint.load(committed / "model.safetensors")[1]["steps"] == 1
+    out = tmp_path / "again"
+    run(out, *recipe, f"--continue_from={committed / 'model.safetensors'}")
+    _, meta = checkpoint.load(out / "model.safetensors")
+    assert meta["steps"] == 5 and meta["train"]["init"] == str(committed / "model.safetensors")
+    assert sorted(losses(out)) == list(range(5))  # the committed run's first step, then steps 1-4
+    same = dict(preset="tiny", hours=0.1, corpus_seed=5, batch=4, max_len=192, lr=3e-3, warmup=2, steps=5,
+                text_input="phones", continue_from=str(committed / "model.safetensors"))
+    assert resolve_start(TrainConfig(**same, out=str(out))).resume  # a state in out: resume it
+    fresh = resolve_start(TrainConfig(**same, out=str(tmp_path / "fresh")))  # none: init from the committed model
+    assert not fresh.resume and fresh.init == same["continue_from"]
+    assert resolve_start(TrainConfig(out=str(tmp_path / "none"), continue_from=str(committed / "model.safetensors"),
+                                     lr=1.0)) == TrainConfig(out=str(tmp_path / "none"), lr=1.0)  # another recipe
+    result = evaluate(out / "model.safetensors", max_turns=2, max_audio_length_ms=800, split="train")
+    assert result["text_input"] == "phones" and result["overlap_with_train"]["turns"] == 2
+    for name in ("with_context", "without_context"):
+        r = result[name]
+        assert 0 <= r["ended_by_eos"] <= 1 and r["wer_ci95"][0] <= r["wer"] <= r["wer_ci95"][1]
+        assert r["cer"] >= 0 and r["duration_ratio_median"] > 0
+
+
+def test_total_seconds_adds_up_the_sittings_of_a_resumed_run():
+    from csm_lib.train import total_seconds
+
+    rows = [{"seconds": s} for s in ("1.0", "5.0", "9.0", "2.0", "6.0", "0.5", "3.0")]
+    assert total_seconds(rows) == 9.0 + 6.0 + 3.0 and total_seconds([]) == 0.0
