@@ -168,16 +168,19 @@ def split_sentences(sentences: Iterable[str], seed: int, fractions: tuple[float,
 def overlap(train_texts: Iterable[str], other_texts: Iterable[str]) -> dict:
     """What the turns ``other_texts`` share with the turns ``train_texts``.
 
-    Counts, over ``other_texts``: its distinct sentences found in training, its turns found verbatim
-    (as word sequences) in training, its distinct words never seen in training.
+    Counts, over ``other_texts``: its turns found verbatim (as word sequences) in training; its
+    distinct sentences, and its sentence uses (a sentence said twice counts twice), found in
+    training; its distinct words never seen in training.
     """
     train_texts, other_texts = list(train_texts), list(other_texts)
     train_turns = {sentence_key(t) for t in train_texts}
     train_sents = {sentence_key(s) for t in train_texts for s in split_into_sentences(t)}
     train_words = {w for t in train_texts for w in words(t)}
-    sents = {sentence_key(s) for t in other_texts for s in split_into_sentences(t)}
+    uses = [sentence_key(s) for t in other_texts for s in split_into_sentences(t)]
+    sents = set(uses)
     vocab = {w for t in other_texts for w in words(t)}
     return {"turns": len(other_texts), "turns_in_train": sum(sentence_key(t) in train_turns for t in other_texts),
             "sentences": len(sents), "sentences_in_train": len(sents & train_sents),
+            "sentence_uses": len(uses), "sentence_uses_in_train": sum(u in train_sents for u in uses),
             "words": len(vocab), "words_not_in_train": len(vocab - train_words),
             "train_words": len(train_words)}
