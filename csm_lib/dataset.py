@@ -66,9 +66,11 @@ class Turn:
 def tokenize_turns(rows: list[dict], codes: dict[str, np.ndarray], tokenizer: AnyTokenizer) -> list[Turn]:
     """Manifest rows and their codes -> ``Turn``s with their frames, in conversation order."""
     turns = []
-    for r in sorted(rows, key=lambda r: (r["conversation"], r["turn"])):
+    rows = sorted(rows, key=lambda r: (r["conversation"], r["turn"]))
+    ids = tokenizer.encode_many([(r["text"], r["speaker"]) for r in rows])
+    for r, text_ids in zip(rows, ids, strict=True):
         c = torch.from_numpy(codes[Path(r["wav"]).stem].astype(np.int64))  # (K, F)
-        text = Fr.text_frames(tokenizer.encode(r["text"], r["speaker"]), c.shape[0])
+        text = Fr.text_frames(text_ids, c.shape[0])
         f, m = Fr.concat([text, Fr.audio_frames(c)])
         turns.append(Turn(r["conversation"], r["turn"], r["speaker"], r["text"], f, m, r))
     return turns

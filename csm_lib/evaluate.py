@@ -145,7 +145,7 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
         for name, ctx in (("with_context", context), ("without_context", []))[:2 if without_context else 1]:
             codes = list(gen.frames(row["text"], row["speaker"], ctx, max_audio_length_ms, temperature, topk,
                                     seed=seed + i))
-            audio = gen.codec.decode(torch.stack(codes, dim=-1))[0] if codes else torch.zeros(0)  # = gen.generate
+            audio = gen.decode(codes)  # what gen.generate returns; the frame count says how it ended
             entry[name] = judge(audio, sr, row["text"]) | {"ended": len(codes) < max_frames}
         judged.append(entry)
     model.train(was_training)

@@ -212,7 +212,10 @@ class Generator:
                  max_audio_length_ms: float = 10_000, temperature: float = 0.9, topk: int = 50,
                  seed: int | None = None) -> torch.Tensor:
         """The whole turn's audio ``(T,)`` at ``self.sample_rate`` (empty if it ends at once)."""
-        codes = list(self.frames(text, speaker, context, max_audio_length_ms, temperature, topk, seed))
+        return self.decode(list(self.frames(text, speaker, context, max_audio_length_ms, temperature, topk, seed)))
+
+    def decode(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        """Frames' codes, each ``(1, K)``, as audio ``(T,)`` (empty for no frame)."""
         if not codes:
             return torch.zeros(0)
         return self.codec.decode(torch.stack(codes, dim=-1).cpu())[0]  # (1, K, F) -> (T,)

@@ -88,37 +88,33 @@ def transcriber() -> Transcriber:
 
 def wer(references: list[str], hypotheses: list[str]) -> float:
     """Corpus-level word error rate: total edits / total reference words, after normalisation."""
-    import jiwer
-
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    refs = [normalize_text(r) for r in references]
-    if not any(refs):
+    edits, words = map(sum, zip(*(word_errors(r, h) for r, h in zip(references, hypotheses, strict=True)),
+                                strict=True))
+    if not words:
         raise ValueError("WER needs at least one non-empty reference")
-    pairs = [(r, normalize_text(h)) for r, h in zip(refs, hypotheses, strict=True) if r]
-    return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
+    return edits / words
+
+
+def _errors(reference: str, hypothesis: str, chars: bool) -> tuple[int, int]:
+    import jiwer
+
+    ref = normalize_text(reference)
+    if not ref:
+        return 0, 0
+    out = (jiwer.process_characters if chars else jiwer.process_words)(ref, normalize_text(hypothesis) or "")
+    return out.substitutions + out.deletions + out.insertions, len(ref) if chars else len(ref.split())
 
 
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     """(edits, reference words) of one turn, after normalisation: corpus WER is sum / sum."""
-    import jiwer
-
-    ref = normalize_text(reference)
-    if not ref:
-        return 0, 0
-    out = jiwer.process_words(ref, normalize_text(hypothesis) or "")
-    return out.substitutions + out.deletions + out.insertions, len(ref.split())
+    return _errors(reference, hypothesis, chars=False)
 
 
 def char_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     """(edits, reference characters) of one turn, after normalisation: CER credits partly right words."""
-    import jiwer
-
-    ref = normalize_text(reference)
-    if not ref:
-        return 0, 0
-    out = jiwer.process_characters(ref, normalize_text(hypothesis) or "")
-    return out.substitutions + out.deletions + out.insertions, len(ref)
+    return _errors(reference, hypothesis, chars=True)
 
 
 def bootstrap_ci(stat, n: int, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> list[float]:

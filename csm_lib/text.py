@@ -73,6 +73,10 @@ class TextTokenizer:
             raise ValueError("cannot encode empty text: a turn needs words")
         return [self.bos_id, self.speaker_token(speaker), *self.tok.encode(text).ids, self.eos_id]
 
+    def encode_many(self, turns: list[tuple[str, int]]) -> list[list[int]]:
+        """``encode`` of many ``(text, speaker)`` turns (the interface of ``PhoneTokenizer``)."""
+        return [self.encode(text, speaker) for text, speaker in turns]
+
     def decode(self, ids: list[int]) -> str:
         """Inverse of ``encode``: ``"[speaker]text"`` (bos/eos/pad dropped)."""
         keep = [i for i in ids if i not in (self.pad_id, self.bos_id, self.eos_id)]
@@ -120,18 +124,28 @@ def _t2p(words: list[str]) -> list[list[str]]:
         chunk = words[i:i + 400]
         res = subprocess.run([exe, ", ".join(chunk)], capture_output=True, text=True, check=True)
         parts = [p.split() for p in res.stdout.split("pau")[1:-1]]
-        if len(parts) != len(chunk):  # a word that makes no pause of its own: one call each
-            parts = [_t2p([w])[0] if len(chunk) > 1 else [p for p in res.stdout.split() if p != "pau"]
-                     for w in chunk]
+        if len(parts) != len(chunk) and len(chunk) == 1:  # a single word: all its phones
+            parts = [[p for p in res.stdout.split() if p != "pau"]]
+        elif len(parts) != len(chunk):  # a word that makes no pause of its own: one call each
+            parts = [_t2p([w])[0] for w in chunk]
         out += parts
     return out
 
 
+def _pieces(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*|[,.?!;:]", text)
+
+
+def learn(texts: list[str]) -> None:
+    """Look up every word of ``texts`` not yet in the lexicon, in as few ``t2p`` calls as possible."""
+    new = sorted({p.lower() for t in texts for p in _pieces(t) if p[0].isalnum()} - _LEXICON.keys())
+    _LEXICON.update(zip(new, _t2p(new), strict=True))
+
+
 def phonemize(text: str) -> list[str]:
     """``text`` as flite's phones: ``"Hi, Bob."`` -> ``['hh', 'ay1', ',', '|', 'b', 'aa1', 'b', '.']``."""
-    pieces = re.findall(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*|[,.?!;:]", text)
-    new = sorted({p.lower() for p in pieces if p[0].isalnum()} - _LEXICON.keys())
-    _LEXICON.update(zip(new, _t2p(new), strict=True))
+    pieces = _pieces(text)
+    learn([text])
     out: list[str] = []
     for p in pieces:
         if p[0].isalnum():
@@ -160,6 +174,7 @@ class PhoneTokenizer:
         """The phone inventory of ``texts`` (flite's ~70 phones with stress marks)."""
         if not texts:
             raise ValueError("cannot train a tokenizer on no text")
+        learn(texts)
         return cls([p for t in texts for p in phonemize(t)])
 
     @property
@@ -177,6 +192,11 @@ class PhoneTokenizer:
             raise ValueError(f"cannot encode {text!r}: a turn needs words")
         unk = self.ids[UNK]
         return [self.bos_id, self.speaker_token(speaker), *(self.ids.get(p, unk) for p in phones), self.eos_id]
+
+    def encode_many(self, turns: list[tuple[str, int]]) -> list[list[int]]:
+        """``encode`` of many ``(text, speaker)`` turns, their words looked up in one batch."""
+        learn([text for text, _ in turns])
+        return [self.encode(text, speaker) for text, speaker in turns]
 
     def decode(self, ids: list[int]) -> str:
         """``"[speaker]ph ph | ph ..."`` (bos/eos/pad dropped): phones cannot be spelt back."""
