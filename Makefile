@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
 .PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs budget-gpu results workbook test lab lint clean-data \
-	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs test-portable parity
+	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -124,8 +124,15 @@ bench-context-cost: setup
 bench-training-knobs: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench training-knobs
 
-## bench: every timing benchmark (about 3 min on 2 cores)
-bench: bench-kv-cache bench-amortization bench-context-cost bench-training-knobs
+## bench-inference: chapter 08 (csm_lib/bench_inference.py) -> results/inference.json: the fast path against the
+## plain path and transformers' generate, context length, attention backends, time to first audio, INT8 (with the
+## WER of 20 held-out turns: needs the reference corpus of `make model`), speculative decoding, torch.compile
+## (about 15 min on 2 cores; needs flite)
+bench-inference: setup flite
+	CSM_PROGRESS=0 $(PY) -m csm_lib.bench inference
+
+## bench: every timing benchmark (about 3 min on 2 cores, and bench-inference's 15)
+bench: bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference
 
 ## parity: csm_lib vs transformers' CsmForConditionalGeneration on small random models -> results/parity.json
 ## (float32 max |Δ logits| and greedy codes, about 10 s on one core; the README quotes it rounded up)

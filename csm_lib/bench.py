@@ -283,11 +283,19 @@ def bench_training_knobs(threads: int = 2, repeats: int = 5) -> dict:
 # ----------------------------------------------------------------------------- the command
 
 
+def bench_inference(**kwargs) -> dict:
+    """Chapter 08's benchmark; it lives in ``csm_lib/bench_inference.py``, which imports this module's helpers."""
+    from csm_lib.bench_inference import bench_inference as run
+
+    return run(**kwargs)
+
+
 BENCHMARKS: dict[str, tuple[Callable[..., dict], str, int]] = {  # name -> (function, output file, default threads)
     "kv-cache": (bench_kv_cache, "kv_cache_speedup.json", 1),
     "amortization": (bench_amortization, "amortization.json", 1),
     "context-cost": (bench_context_cost, "context_cost.json", 2),
     "training-knobs": (bench_training_knobs, "training_knobs.json", 2),
+    "inference": (bench_inference, "inference.json", 2),
 }
 
 

@@ -286,22 +286,15 @@ def decoder_max_diff(hf, ours: CSM, seed: int = 2, n: int = 5) -> float:
 @torch.no_grad()
 def greedy_codes(hf, ours: CSM, n_frames: int = PARITY_FRAMES) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy codes (1, F, K) after a text prompt: transformers' own ``generate`` and csm_lib's cached
-    ``generate_frame``. transformers may stop early on its end-of-audio frame; csm_lib runs ``n_frames``."""
-    from csm_lib.backbone import KVCache
+    ``generate_frame`` (``inference.plain_frames``). transformers may stop early on its end-of-audio frame;
+    csm_lib runs ``n_frames``."""
+    from csm_lib.inference import plain_frames
 
     frames, mask, text, _ = parity_prompt(ours.cfg, n_audio=0)
     ref = hf.generate(input_ids=text, attention_mask=torch.ones_like(text), max_new_tokens=n_frames,
                       min_new_tokens=n_frames, do_sample=False, depth_decoder_do_sample=False)
     ref = ref if isinstance(ref, torch.Tensor) else ref.sequences
-    cache = KVCache(ours.cfg.backbone, 1)
-    got, new_f, new_m = [], frames, mask
-    for _ in range(n_frames):
-        c = ours.generate_frame(new_f, new_m, cache=cache, temperature=0)  # (1, K)
-        got.append(c)
-        new_f = torch.zeros(1, 1, ours.cfg.n_codebooks + 1, dtype=torch.long)
-        new_f[0, 0, :-1] = c[0]
-        new_m = torch.zeros_like(new_f, dtype=torch.bool)
-        new_m[0, 0, :-1] = True
+    got = plain_frames(ours, frames, mask, n_frames, temperature=0, stop=False)  # each (1, K)
     return ref, torch.stack(got, dim=1)
 
 

@@ -44,6 +44,7 @@ from csm_lib import audio as A
 from csm_lib import checkpoint, data, metrics
 from csm_lib.dataset import ConversationWindows, split_windows
 from csm_lib.generate import Generator, Segment, load_codec, load_model, tokenizer_path
+from csm_lib.inference import int8 as quantized
 from csm_lib.model import CSM
 from csm_lib.progress import progress
 from csm_lib.sentences import overlap
@@ -119,12 +120,16 @@ def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0
 
 def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
                    max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test",
-                   tokenizer: AnyTokenizer | None = None, without_context: bool = True) -> dict:
-    """Judge ``model``, trained with the ``train.TrainConfig`` fields ``t`` (corpus, codec, its tokenizer)."""
+                   tokenizer: AnyTokenizer | None = None, without_context: bool = True, int8: bool = False) -> dict:
+    """Judge ``model``, trained with the ``train.TrainConfig`` fields ``t`` (corpus, codec, its tokenizer).
+
+    ``int8``: generate with the fast path's dynamic INT8 linear layers (``inference.int8``)."""
     was_training = model.training
     folder = corpus_folder(t)
     codec, _ = load_codec(t["codec"])
     gen = Generator(model, codec, tokenizer or corpus_tokenizer(folder, kind=t.get("text_input", "bpe")))
+    if int8:
+        gen.fast = quantized(gen.fast)
     sr = gen.sample_rate
     targets = held_out_targets(data.load_manifest(folder, split), max_turns)
     if not targets:
@@ -188,7 +193,7 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
             "text_input": t.get("text_input", "bpe"), "split": split, "turns": len(judged),
             "overlap_with_train": shared,
             "settings": {"temperature": temperature, "topk": topk, "max_audio_length_ms": max_audio_length_ms,
-                         "seed": seed},
+                         "seed": seed, "int8": int8},
             "ground_truth": summary("ground_truth"), "with_context": summary("with_context"),
             "without_context": summary("without_context") if without_context else None,
             "style_spread_log": None if spread is None else [round(float(s), 4) for s in spread],

@@ -14,10 +14,13 @@ to it) and ``load_codec``.
 
 The prompt is the context turns (text and audio, ``frames.py``) followed by the new turn's text.
 Then, frame by frame: the backbone's next state gives codebook 0, the audio decoder codebooks
-1..K-1 (``CSM.generate_frame``, KV caches in both); the frame is fed back as the next position.
+1..K-1 (``CSM.generate_frame`` defines the step; ``inference.FastCSM`` computes it, same codes,
+with fused weights and reused caches); the frame is fed back as the next position.
 Generation stops at the end-of-speech frame (all zeros) or after ``max_audio_length_ms``.
-``generate`` decodes all frames at the end; ``stream`` decodes each frame as it comes with the
-codec's causal ``StreamingDecoder``. With the same ``seed`` both sample the same codes.
+``generate`` decodes all frames at the end; ``stream`` decodes every ``chunk_frames`` frames as
+they come with the codec's causal ``StreamingDecoder``. With the same ``seed`` both sample the
+same codes. A ``Conversation`` keeps the backbone's cache between turns, so a new turn only
+prefills its own text.
 
 Context audio is brought to the codec's input level (``audio.normalize_loudness``, -23 dBFS)
 before it is encoded, and must be at the codec's sample rate. If the context does not fit the
@@ -45,6 +48,7 @@ from csm_lib import frames as Fr
 from csm_lib.backbone import KVCache, TransformerConfig
 from csm_lib.codec import Codec, CodecConfig, StreamingDecoder
 from csm_lib.dataset import fingerprint
+from csm_lib.inference import FastCSM
 from csm_lib.model import CSM, CSMConfig
 from csm_lib.outputs import REPO
 from csm_lib.text import N_SPEAKERS, AnyTokenizer, load_tokenizer
@@ -62,13 +66,16 @@ MIN_S_PER_CHAR, MAX_S_PER_CHAR = 0.01, 1.5  # flite: 0.06-0.08 s per character, 
 class Segment:
     """One turn of a conversation: who spoke, what they said, and how it sounded.
 
-    ``audio`` is mono float ``(T,)`` at ``sample_rate`` (the codec's, 16 kHz here).
+    ``audio`` is mono float ``(T,)`` at ``sample_rate`` (the codec's, 16 kHz here). A turn whose
+    codec codes are already known (one the model generated) may give ``codes`` ``(K, F)``
+    instead: they are used as they are, and the codec is skipped.
     """
 
     speaker: int
     text: str
-    audio: torch.Tensor
+    audio: torch.Tensor | None = None
     sample_rate: int = A.SAMPLE_RATE
+    codes: torch.Tensor | None = None
 
 
 class Generator:
@@ -96,6 +103,11 @@ class Generator:
         self.n_speakers, self.trained_len = n_speakers, trained_len
         self.sample_rate = codec.cfg.sample_rate
         self.frame_ms = 1000 / codec.cfg.frame_rate  # 80 ms
+        self.fast = FastCSM(self.model)  # the fast path (inference.py): a snapshot of the weights
+
+    def refresh(self) -> None:
+        """Rebuild the fast path from the model's current weights (after training it further)."""
+        self.fast = FastCSM(self.model, self.fast.attention)
 
     # --- the prompt ---------------------------------------------------------------------------
     def _check_turn(self, text: str, speaker: int) -> None:
@@ -129,10 +141,27 @@ class Generator:
                           f"its text: expected {MIN_S_PER_CHAR}..{MAX_S_PER_CHAR} s (is it this text, at "
                           f"{self.sample_rate} Hz?)", stacklevel=3)
 
+    def check_codes(self, segment: Segment) -> torch.Tensor:
+        """A segment's ``codes``, checked: integers ``(K, F)`` with F >= 1, each in ``0..V-1``."""
+        codes, cfg = torch.as_tensor(segment.codes), self.model.cfg
+        K, V = cfg.n_codebooks, cfg.audio_vocab_size
+        if codes.dim() != 2 or codes.shape[0] != K or codes.shape[1] < 1 or codes.is_floating_point():
+            raise ValueError(f"codes of speaker {segment.speaker}'s turn must be integers (K={K}, F>=1), got "
+                             f"{codes.dtype} {tuple(codes.shape)}")
+        if codes.min() < 0 or codes.max() >= V:
+            raise ValueError(f"codes of speaker {segment.speaker}'s turn must lie in 0..{V - 1}, got "
+                             f"{int(codes.min())}..{int(codes.max())}")
+        return codes.long()
+
     @torch.no_grad()
     def segment_frames(self, segment: Segment) -> tuple[torch.Tensor, torch.Tensor]:
         """A context turn -> frames and mask ``(S, K+1)``: its text, its audio codes, end of speech."""
         self._check_turn(segment.text, segment.speaker)
+        if segment.codes is not None:
+            codes = self.check_codes(segment)
+            return Fr.concat([self.text_frames(segment.text, segment.speaker), Fr.audio_frames(codes)])
+        if segment.audio is None:
+            raise ValueError(f"speaker {segment.speaker}'s turn has neither audio nor codes: a context turn needs one")
         if segment.sample_rate != self.sample_rate:
             raise ValueError(f"context audio is at {segment.sample_rate} Hz; the codec expects {self.sample_rate} Hz "
                              f"(resample with csm_lib.audio.resample)")
@@ -184,29 +213,36 @@ class Generator:
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
             raise ValueError(f"topk must be an integer >= 1 (1: greedy), got {topk!r}")
 
-    @torch.no_grad()
     def frames(self, text: str, speaker: int, context: list[Segment] | None = None,
                max_audio_length_ms: float = 10_000, temperature: float = 0.9, topk: int = 50,
                seed: int | None = None) -> Iterator[torch.Tensor]:
-        """Yield the generated frames' codes ``(1, K)`` one at a time, until end of speech."""
+        """Yield the generated frames' codes ``(1, K)`` one at a time, until end of speech.
+
+        Stateless: the context is laid out and run through the backbone on every call (a
+        ``Conversation`` keeps it instead).
+        """
         self._check_sampling(max_audio_length_ms, temperature, topk)
         max_frames = int(max_audio_length_ms // self.frame_ms)
         frames, mask = self.prompt(text, speaker, list(context or []), max_frames)
-        p = next(self.model.parameters())
-        frames, mask = frames.to(p.device), mask.to(p.device)
-        cache = KVCache(self.model.cfg.backbone, 1, max_len=frames.shape[1] + max_frames, dtype=p.dtype,
-                        device=p.device)
-        generator = torch.Generator(device=p.device).manual_seed(seed) if seed is not None else None
-        K = self.model.cfg.n_codebooks
+        cache = self.fast.new_cache(1, frames.shape[1] + max_frames)
+        h = self.fast.prefill(frames.to(cache.k.device), mask.to(cache.k.device), cache)
+        yield from self.continue_frames(h, cache, max_frames, temperature, topk, seed)
+
+    def continue_frames(self, h: torch.Tensor, cache: KVCache, max_frames: int, temperature: float, topk: int,
+                        seed: int | None) -> Iterator[torch.Tensor]:
+        """Frames after backbone state ``h`` (1, D), each fed back into ``cache`` before the next is drawn.
+
+        The last frame yielded is *not* fed (nothing follows it); nor is an end-of-speech frame.
+        """
+        generator = torch.Generator(device=h.device).manual_seed(seed) if seed is not None else None
+        codes = None
         for _ in range(max_frames):
-            codes = self.model.generate_frame(frames, mask, cache, temperature, topk, generator)  # (1, K)
+            if codes is not None:
+                h = self.fast.feed(codes, cache)
+            codes = self.fast.frame(h, temperature, topk, generator)  # (1, K)
             if Fr.is_end_of_speech(codes).item():
                 return
             yield codes
-            frames = torch.zeros(1, 1, K + 1, dtype=torch.long, device=p.device)
-            frames[0, 0, :K] = codes[0]
-            mask = torch.zeros_like(frames, dtype=torch.bool)
-            mask[0, 0, :K] = True
 
     def generate(self, text: str, speaker: int, context: list[Segment] | None = None,
                  max_audio_length_ms: float = 10_000, temperature: float = 0.9, topk: int = 50,
@@ -222,18 +258,127 @@ class Generator:
 
     def stream(self, text: str, speaker: int, context: list[Segment] | None = None,
                max_audio_length_ms: float = 10_000, temperature: float = 0.9, topk: int = 50,
-               seed: int | None = None) -> Iterator[torch.Tensor]:
-        """Yield the turn's audio as it is generated: one chunk ``(n,)`` per frame, then the last 30 ms.
+               seed: int | None = None, chunk_frames: int = 1) -> Iterator[torch.Tensor]:
+        """Yield the turn's audio as it is generated: one chunk ``(n,)`` per ``chunk_frames`` frames
+        (80 ms each), then the last 30 ms.
 
         The concatenated chunks equal ``generate``'s audio for the same arguments and seed.
         """
+        codes = self.frames(text, speaker, context, max_audio_length_ms, temperature, topk, seed)
+        yield from self.stream_codes(codes, chunk_frames)
+
+    def stream_codes(self, codes: Iterator[torch.Tensor], chunk_frames: int = 1) -> Iterator[torch.Tensor]:
+        """Frames' codes ``(1, K)`` as they come -> audio chunks, through the codec's causal decoder."""
+        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be an integer >= 1, got {chunk_frames!r}")
         decoder = StreamingDecoder(self.codec, batch_size=1)
-        any_frame = False
-        for codes in self.frames(text, speaker, context, max_audio_length_ms, temperature, topk, seed):
-            any_frame = True
-            yield decoder.push(codes[..., None].cpu())[0]
-        if any_frame:
+        pending, any_frame = [], False
+        for c in codes:
+            pending.append(c.cpu())
+            if len(pending) == chunk_frames:
+                yield decoder.push(torch.stack(pending, dim=-1))[0]  # (1, K, n) -> (n * spf,)
+                pending, any_frame = [], True
+        if pending:
+            yield decoder.push(torch.stack(pending, dim=-1))[0]
+        if pending or any_frame:
             yield decoder.flush()[0]
+
+
+class Conversation:
+    """A conversation that keeps its state: the backbone's KV cache over every turn so far.
+
+        conv = Conversation(gen)
+        conv.add(Segment(0, "hi there", wav0))   # laid out and run through the backbone once
+        reply = conv.generate("hello", speaker=1)  # prefills only the new text; the reply joins
+        more = conv.generate("how are you", speaker=0)
+
+    Stateless ``Generator.generate(text, speaker, context)`` encodes every context turn with the
+    codec and runs the backbone over the whole conversation on every call. A Conversation does
+    each once: ``add`` runs a turn into the cache, and a generated turn joins the conversation as
+    its codes (``Segment(codes=...)``, no codec round trip). Same codes as the stateless path
+    given the same turns as context and the same seed. When a turn would overflow the backbone's
+    window, the oldest turns are dropped and the rest run through again (with a warning), as the
+    stateless path drops them.
+    """
+
+    def __init__(self, gen: Generator):
+        self.gen = gen
+        self.window = gen.model.cfg.backbone.max_seq_len
+        self.cache = gen.fast.new_cache(1, self.window)
+        self.turns: list[Segment] = []
+        self.parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # each turn laid out, (S_i, K+1) frames and mask
+
+    @property
+    def positions(self) -> int:
+        return self.cache.length
+
+    def _run(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.gen.fast.prefill(frames[None].to(self.cache.k.device), mask[None].to(self.cache.k.device),
+                                     self.cache)
+
+    def add(self, segment: Segment) -> None:
+        """A context turn (audio or codes) joins the conversation."""
+        frames, mask = self.gen.segment_frames(segment)
+        self._make_room(len(frames))
+        self._run(frames, mask)
+        self.turns.append(segment)
+        self.parts.append((frames, mask))
+
+    def _make_room(self, needed: int) -> None:
+        """Drop the oldest turns until ``needed`` more positions fit the window; run the rest again."""
+        if needed > self.window:
+            raise ValueError(f"{needed} positions do not fit the model's window of {self.window}")
+        dropped = 0
+        while self.turns and sum(len(f) for f, _ in self.parts) + needed > self.window:
+            self.turns.pop(0)
+            self.parts.pop(0)
+            dropped += 1
+        if dropped:
+            warnings.warn(f"conversation too long for the {self.window}-position window: dropped its {dropped} "
+                          f"oldest turns", stacklevel=4)
+            self.cache.reset()
+            if self.turns:
+                self._run(*Fr.concat(self.parts))
+
+    def frames(self, text: str, speaker: int, max_audio_length_ms: float = 10_000, temperature: float = 0.9,
+               topk: int = 50, seed: int | None = None) -> Iterator[torch.Tensor]:
+        """Yield the next turn's codes ``(1, K)``; when it ends (or the caller stops), it joins the conversation.
+
+        Room is made for the turn's text, ``max_audio_length_ms`` of frames and its end-of-speech
+        frame: one position more than the stateless path needs.
+        """
+        gen = self.gen
+        gen._check_sampling(max_audio_length_ms, temperature, topk)
+        gen._check_turn(text, speaker)
+        max_frames = int(max_audio_length_ms // gen.frame_ms)
+        frames, mask = gen.text_frames(text, speaker)
+        self._make_room(len(frames) + max_frames + 1)
+        start = self.cache.length
+        h = self._run(frames, mask)
+        generated: list[torch.Tensor] = []
+        try:
+            for codes in gen.continue_frames(h, self.cache, max_frames, temperature, topk, seed):
+                generated.append(codes)
+                yield codes
+        finally:  # the turn joins as Segment(codes=...) lays it out: text, its frames, end of speech
+            end_of_speech = torch.zeros(1, gen.model.cfg.n_codebooks, dtype=torch.long, device=self.cache.k.device)
+            for codes in [*generated[self.cache.length - start - len(frames):], end_of_speech]:
+                gen.fast.feed(codes, self.cache)  # those not fed yet
+            codes = torch.cat([*generated, end_of_speech]).T.cpu()  # (K, F + 1)
+            audio = Fr.audio_frames(codes, end_of_speech=False)
+            self.turns.append(Segment(speaker, text, codes=codes[:, :-1] if generated else None))
+            self.parts.append(Fr.concat([(frames, mask), audio]))
+
+    def generate(self, text: str, speaker: int, max_audio_length_ms: float = 10_000, temperature: float = 0.9,
+                 topk: int = 50, seed: int | None = None) -> torch.Tensor:
+        """The next turn's audio ``(T,)``; the turn joins the conversation."""
+        return self.gen.decode(list(self.frames(text, speaker, max_audio_length_ms, temperature, topk, seed)))
+
+    def stream(self, text: str, speaker: int, max_audio_length_ms: float = 10_000, temperature: float = 0.9,
+               topk: int = 50, seed: int | None = None, chunk_frames: int = 1) -> Iterator[torch.Tensor]:
+        """The next turn's audio in chunks of ``chunk_frames`` frames, as ``Generator.stream``."""
+        codes = self.frames(text, speaker, max_audio_length_ms, temperature, topk, seed)
+        yield from self.gen.stream_codes(codes, chunk_frames)
 
 
 # --- loading trained checkpoints ---------------------------------------------------------------

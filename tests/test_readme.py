@@ -107,9 +107,80 @@ TI = "results/text_input.json"
 CK = "checkpoints/csm_reference.json"
 FORTY = "results/reference_40h_model.json"
 OLD = "results/reference_model_40h_templates.json"
+INF = "results/inference.json"
+
+
+def ttfa(n: int, chunk: int, state: str, key: str):
+    """A row of inference.json's time-to-first-audio table."""
+    return lambda d: next(r[key] for r in d["first_audio"]["rows"]
+                          if (r["context_turns"], r["chunk_frames"], r["state"]) == (n, chunk, state))
+
+
+def attention_ms(mode: str, kind: str):
+    return lambda d: next(r[f"{kind}_ms"] for r in d["attention"]["rows"] if (r["length"], r["mode"]) == (2000, mode))
+
+
+RTX = ["cost_model", "reference", "gpu", "RTX 4090 (consumer GPU)"]
+RTX_BIG = ["cost_model", "paper_422m", "gpu", "RTX 4090 (consumer GPU)"]
 
 # (README row label, source file, key, format)
 ENTRIES = [
+    # --- chapter 08: inference ------------------------------------------------------------------------------------
+    ("| inference, reference CSM, greedy", INF, ["vs_transformers", "frames"], "greedy, {} frames"),
+    ("| inference, reference CSM, greedy", INF, ["vs_transformers", "prompt_tokens"], "same {}-token prompt"),
+    ("| inference, reference CSM, greedy", INF, ["torch_threads"], ", {} threads:"),
+    ("| inference, reference CSM, greedy", INF, ["vs_transformers", "fast_compiled", "marginal_per_frame_ms"],
+     "| {:.2f} /"),
+    ("| inference, reference CSM, greedy", INF, ["vs_transformers", "fast", "marginal_per_frame_ms"], "/ {:.2f} /"),
+    ("| inference, reference CSM, greedy", INF, ["vs_transformers", "plain", "marginal_per_frame_ms"], "/ {:.2f} /"),
+    ("| inference, reference CSM, greedy", INF, ["vs_transformers", "transformers", "marginal_per_frame_ms"],
+     "/ {:.2f} ms:"),
+    ("| inference, reference CSM, greedy", INF, ["vs_transformers", "fast_compiled_vs_transformers_x"],
+     "{:.2f}x faster"),
+    ("| inference, reference CSM, greedy", INF, ["vs_transformers", "fast_vs_transformers_x"], "(eager {:.2f}x)"),
+    ("| fast path, per frame at", INF, lambda d: d["context"]["rows"][-1]["context"], "at {:,} vs"),
+    ("| fast path, per frame at", INF, lambda d: d["context"]["rows"][0]["context"], "vs {} positions"),
+    ("| fast path, per frame at", INF, lambda d: d["context"]["rows"][-1]["sdpa_ms"], "| {:.2f} vs"),
+    ("| fast path, per frame at", INF, lambda d: d["context"]["rows"][0]["sdpa_ms"], "vs {:.2f} ms"),
+    ("| fast path, per frame at", INF, lambda d: d["context"]["rows"][-1]["sdpa_vs_first"], "({:.2f}x)"),
+    ("| time to first audio (the call", INF, ttfa(2, 1, "stateless", "context_turns"), "), {} flite context turns"),
+    ("| time to first audio (the call", INF, ttfa(2, 1, "stateless", "context_audio_s"), "({:.2f} s)"),
+    ("| time to first audio (the call", INF, ttfa(2, 1, "stateless", "first_audio_ms"), "| {:.1f} /"),
+    ("| time to first audio (the call", INF, ttfa(2, 1, "kept", "first_audio_ms"), "/ {:.1f} ms;"),
+    ("| time to first audio (the call", INF, ttfa(2, 1, "stateless", "rtf"), "RTF {:.3f}"),
+    ("| time to first audio (the call", INF, ttfa(2, 20, "kept", "rtf"), "({:.3f} with"),
+    ("| time to first audio (the call", INF, ttfa(2, 20, "kept", "chunk_frames"), "with {}-frame chunks"),
+    ("| a conversation's second turn", INF, lambda d: int(d["second_turn"]["context"].split()[0]), "({} flite turns"),
+    ("| a conversation's second turn", INF, ["second_turn", "stateless_first_audio_ms"], "| {:.1f} vs"),
+    ("| a conversation's second turn", INF, ["second_turn", "kept_first_audio_ms"], "vs {:.1f} ms ("),
+    ("| a conversation's second turn", INF, ["second_turn", "kept_vs_stateless_x"], "({:.2f}x)"),
+    ("| a conversation's second turn", INF, ttfa(8, 1, "stateless", "first_audio_ms"), "; {:.1f} vs"),
+    ("| a conversation's second turn", INF, ttfa(8, 1, "kept", "first_audio_ms"), "vs {:.1f} ms after"),
+    ("| a conversation's second turn", INF, ttfa(8, 1, "kept", "context_turns"), "after {} flite turns"),
+    ('| "3.5 ms inference (GPU)"', INF, RTX + ["predicted_eager_ms"], "predicts {:.2f} ms per frame"),
+    ('| "3.5 ms inference (GPU)"', INF, RTX + ["predicted_cuda_graphs_ms"], "and {:.2f} ms with CUDA graphs"),
+    ('| "3.5 ms inference (GPU)"', INF, RTX_BIG + ["predicted_eager_ms"], "and {:.2f} /"),
+    ('| "3.5 ms inference (GPU)"', INF, RTX_BIG + ["predicted_cuda_graphs_ms"], "/ {:.2f} ms for"),
+    ('| "3.5 ms inference (GPU)"', INF, ["vs_transformers", "fast_compiled", "marginal_per_frame_ms"],
+     "the reference takes {:.2f} ms"),
+    ("| speculative decoding,", INF, ["speculative", "draft_frames"], "{} frames checked"),
+    ("| speculative decoding,", INF, ["speculative", "greedy", "kept"], "kept {} of"),
+    ("| speculative decoding,", INF, ["speculative", "greedy", "drafted"], "of {} drafted frames greedy"),
+    ("| speculative decoding,", INF, ["speculative", "sampled", "kept"], "and {} of"),
+    ("| speculative decoding,", INF, ["speculative", "sampled", "drafted"], "of {} sampled"),
+    ("| speculative decoding,", INF, ["speculative", "greedy", "speedup_x"], "({:.2f}x /"),
+    ("| speculative decoding,", INF, ["speculative", "sampled", "speedup_x"], "/ {:.2f}x)"),
+    ("| flash attention", INF, attention_ms("prefill", "sdpa flash (CPU kernel)"), "takes {:.1f} ms"),
+    ("| flash attention", INF, lambda d: d["attention"]["rows"][-1]["length"], "for a {:,}-position"),
+    ("| flash attention", INF, attention_ms("prefill", "plain math (repeat K/V)"), "plain math {:.1f} ms"),
+    ("| flash attention", INF, attention_ms("decode", "sdpa flash (CPU kernel)"), "position, {:.3f} vs"),
+    ("| flash attention", INF, attention_ms("decode", "plain math (repeat K/V)"), "vs {:.3f} ms"),
+    ("| INT8,", INF, lambda d: d["int8"]["reference"]["parameters"] / 1e6, "the reference's {:.1f}M"),
+    ("| INT8,", INF, ["int8", "paper_422m_random", "speedup_x"], "{:.2f}x faster per frame"),
+    ("| INT8,", INF, ["int8", "reference", "speedup_x"], "the reference only {:.2f}x"),
+    ("| INT8,", INF, ["int8", "quality", "turns"], "on {} held-out turns"),
+    ("| INT8,", INF, ["int8", "quality", "fp32", "wer"], "{:.1%} fp32"),
+    ("| INT8,", INF, ["int8", "quality", "int8", "wer"], "{:.1%} INT8"),
     # --- What is measured so far ------------------------------------------------------------------------------
     ("| corpus synthesis speed", "results/corpus_build.json", ["hours"], "({:.0f} h of speech"),
     ("| corpus synthesis speed", "results/corpus_build.json", ["workers"], "{} worker processes"),
@@ -395,6 +466,9 @@ ALLOWED = [
     (r"\b422M\b|an 8 GB GPU|the seed's 8 \+ 8", "the seed's claims, quoted"),
     (r"requested − 1\\\|", "the 1 of a formula"),
     (r"\b95% CI\b", "the level of an interval"),
+    (r'"3\.5 ms inference \(GPU\)"|"2-3x speed-up for common phrases"|"2x inference speed-up',
+     "the seed's claims, quoted"),
+    (r"RTX 4090|in bf16|422M parameters", "a device's and a precision's names"),
 ]
 
 NUMBER = re.compile(r"(?<![A-Za-z_\d.,])(?<![A-Za-z]-)(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e-?\d+)?(?!\d)")

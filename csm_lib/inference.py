@@ -1,0 +1,284 @@
+"""The fast path: a trained CSM prepared to generate one frame at a time (chapter 08).
+
+``CSM.generate_frame`` (model.py) is the readable definition of a generation step. At batch 1 on
+a CPU it is slow for reasons that have little to do with arithmetic: a frame of the reference
+model is ~18 MFLOP and ~35 MB of weights, but the plain path dispatches hundreds of small ops,
+builds a causal mask per call, allocates the audio decoder's cache per frame, embeds every
+column of a frame (the text column too) and normalises every position. ``FastCSM`` computes the
+same function with the same weights and removes that overhead:
+
+1. **fused projections**: q, k and v are one matmul with one ``((H + 2G) * Dh, D)`` weight; the
+   MLP's gate and up another. Fewer, larger matmuls: fewer dispatches, one read of the input.
+2. **preallocated caches, reused**: the backbone's KV cache is sized once for the whole prompt
+   and reply; the audio decoder's K-position cache is rewound (``length = 0``) each frame, not
+   reallocated.
+3. **no mask for one position**: a single new query may see every cached key, so decoding one
+   position is SDPA without a mask (``attention="sdpa"``, the default: PyTorch's CPU flash
+   kernel), or plain ``softmax(q K^T) V`` over the cache (``"math"``, the same numbers written
+   out; slower in chapter 08's measurement). Prefills (several positions) use SDPA, causal.
+4. **the decoder's input projection folded into a table**: ``projection(embed_audio(k, c))`` is
+   precomputed for every codebook ``k`` and code ``c``, a ``(K * V, Dd)`` lookup.
+5. **RoPE on q and k at once** (they sit side by side in the fused output) as
+   ``x * cos + roll(x) * sin``, with the sign of ``rotate_half`` folded into the sine table.
+6. **only what is used is computed**: the last position alone is normalised and projected to
+   logits; an audio frame's embedding is the sum of its K codebook rows, no text column.
+
+Everything runs under ``torch.inference_mode``. The weights are *copied* at construction:
+a ``FastCSM`` is a snapshot, to rebuild after the model is trained further. Its ``nn.Linear``
+modules are ordinary ones, so ``torch.ao.quantization.quantize_dynamic`` turns them into INT8.
+
+Shapes: B batch, S positions, K codebooks, V codes per codebook, D backbone width, Dd decoder
+width, H query heads, G key/value heads, Dh head width, L layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from csm_lib.backbone import Block, KVCache, Transformer, TransformerConfig
+from csm_lib.model import CSM, sample_topk
+
+ATTENTION = ("math", "sdpa")  # how one new position attends to the cache
+
+
+def fused_linear(*linears: nn.Linear) -> nn.Linear:
+    """One ``nn.Linear`` whose output is the outputs of ``linears`` side by side (a copy of their weights)."""
+    weight = torch.cat([lin.weight.detach() for lin in linears])  # (sum of out, in)
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    fused.weight = nn.Parameter(weight.clone(), requires_grad=False)
+    return fused
+
+
+def copied_linear(lin: nn.Linear) -> nn.Linear:
+    return fused_linear(lin)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (B, S, heads, Dh) by its positions' angles ``cos``/``sin_signed`` (S, 1, Dh).
+
+    ``rotate_half(x) * sin`` of backbone.py equals ``roll(x, Dh/2) * [-sin, sin]``: the roll swaps
+    the halves and the signed table negates the first.
+    """
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, attention: str) -> torch.Tensor:
+    """Attention of new positions ``start..start+S-1`` to every position so far.
+
+    ``q`` (B, S, H, Dh); ``keys``/``values`` (B, G, start + S, Dh) from the cache. Returns (B, S, H * Dh).
+    """
+    B, S, H, Dh = q.shape
+    G = keys.shape[1]
+    if S == 1 and attention == "math":  # one query: no mask; the H/G query heads of a group share its K/V
+        qg = q.reshape(B, G, H // G, Dh)
+        scores = torch.matmul(qg, keys.transpose(-1, -2)).mul_(1 / math.sqrt(Dh))  # (B, G, H/G, T)
+        return torch.matmul(scores.softmax(-1), values).reshape(B, 1, H * Dh)
+    qt = q.transpose(1, 2)  # (B, H, S, Dh)
+    if S == 1:
+        out = F.scaled_dot_product_attention(qt, keys, values, enable_gqa=True)
+    elif start == 0:
+        out = F.scaled_dot_product_attention(qt, keys, values, is_causal=True, enable_gqa=True)
+    else:  # a prefill after cached positions: position start+i sees 0..start+i
+        mask = torch.ones(S, start + S, dtype=torch.bool, device=q.device).tril(diagonal=start)
+        out = F.scaled_dot_product_attention(qt, keys, values, attn_mask=mask, enable_gqa=True)
+    return out.transpose(1, 2).reshape(B, S, H * Dh)
+
+
+class FusedBlock(nn.Module):
+    """A ``backbone.Block`` with fused q/k/v and gate/up projections, for inference."""
+
+    def __init__(self, block: Block):
+        super().__init__()
+        a, m = block.self_attn, block.mlp
+        cfg: TransformerConfig = a.cfg
+        self.layer, self.eps = a.layer, cfg.norm_eps
+        self.H, self.G, self.Dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.register_buffer("attn_norm", block.input_layernorm.weight.detach().clone())
+        self.register_buffer("mlp_norm", block.post_attention_layernorm.weight.detach().clone())
+        self.qkv = fused_linear(a.q_proj, a.k_proj, a.v_proj)  # D -> (H + 2G) * Dh
+        self.o_proj = copied_linear(a.o_proj)
+        self.gate_up = fused_linear(m.gate_proj, m.up_proj)  # D -> 2 * hidden
+        self.down_proj = copied_linear(m.down_proj)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
+                attention: str) -> torch.Tensor:
+        """``x`` (B, S, D): the positions after ``cache.length`` -> (B, S, D); their K/V go into ``cache``."""
+        B, S, D = x.shape
+        H, G = self.H, self.G
+        qkv = self.qkv(F.rms_norm(x, (D,), self.attn_norm, self.eps)).view(B, S, H + 2 * G, self.Dh)
+        qk = rope(qkv[:, :, : H + G], cos, sin)  # q and k rotated together
+        start = cache.length
+        keys, values = cache.update(self.layer, qk[:, :, H:].transpose(1, 2), qkv[:, :, H + G:].transpose(1, 2))
+        x = x + self.o_proj(attend(qk[:, :, :H], keys, values, start, attention))
+        gate, up = self.gate_up(F.rms_norm(x, (D,), self.mlp_norm, self.eps)).chunk(2, dim=-1)
+        return x + self.down_proj(F.silu(gate) * up)
+
+
+class FastTransformer(nn.Module):
+    """A ``backbone.Transformer`` for inference: returns only the last position's normalised state."""
+
+    def __init__(self, t: Transformer):
+        super().__init__()
+        self.cfg = t.cfg
+        self.blocks = nn.ModuleList(FusedBlock(b) for b in t.layers)
+        self.register_buffer("norm", t.norm.weight.detach().clone())
+        half = t.cfg.head_dim // 2
+        sin = t.rope_sin.clone()
+        sin[:, :half] *= -1  # the sign of rotate_half
+        self.register_buffer("cos", t.rope_cos.clone()[:, None])  # (S_max, 1, Dh)
+        self.register_buffer("sin", sin[:, None])
+
+    def forward(self, x: torch.Tensor, cache: KVCache, attention: str = "sdpa", last_only: bool = True) -> torch.Tensor:
+        """``x`` (B, S, D), the positions after those in ``cache`` -> the last one's state (B, D)
+        (every position's, (B, S, D), with ``last_only=False``)."""
+        start, S = cache.length, x.shape[1]
+        if start + S > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + S} positions is longer than max_seq_len={self.cfg.max_seq_len}")
+        cos, sin = self.cos[start:start + S], self.sin[start:start + S]
+        for block in self.blocks:
+            x = block(x, cos, sin, cache, attention)
+        cache.length = start + S
+        return F.rms_norm(x[:, -1] if last_only else x, (x.shape[-1],), self.norm, self.cfg.norm_eps)
+
+
+class FastCSM(nn.Module):
+    """A trained ``CSM`` prepared for generation: ``prefill`` a prompt, then ``frame`` / ``feed`` per frame.
+
+    >>> fast = FastCSM(model)
+    >>> cache = fast.new_cache(batch_size=1, max_len=S + 100)
+    >>> h = fast.prefill(frames, mask, cache)          # (B, D): the state after the prompt
+    >>> codes = fast.frame(h, temperature, topk, g)    # (B, K): the next frame
+    >>> h = fast.feed(codes, cache)                    # the state after it
+
+    Same codes as ``CSM.generate_frame`` for the same seed (``tests/test_inference.py``).
+    """
+
+    def __init__(self, model: CSM, attention: str = "sdpa"):
+        super().__init__()
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+        cfg = self.cfg = model.cfg
+        self.attention = attention
+        self.backbone = FastTransformer(model.backbone)
+        self.decoder = FastTransformer(model.decoder)
+        with torch.no_grad():
+            w = model.audio_embeddings.weight.detach()
+            self.register_buffer("audio_table", w.clone())  # (K * V, D)
+            self.register_buffer("text_table", model.text_embeddings.weight.detach().clone())  # (V_text, D)
+            self.register_buffer("decoder_table", model.projection(w).clone())  # (K * V, Dd): projection folded in
+        self.projection = copied_linear(model.projection)  # D -> Dd, for the backbone state
+        self.codebook0_head = copied_linear(model.codebook0_head)
+        self.register_buffer("audio_head", model.audio_head.detach().clone())  # (K-1, Dd, V)
+        self.register_buffer("offsets", torch.arange(cfg.n_codebooks) * cfg.audio_vocab_size)  # (K,)
+        self.decoder_cache: KVCache | None = None
+        self.compiled_frame = None  # set by compile()
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """A backbone KV cache for ``max_len`` positions (at most the backbone's window)."""
+        p = self.audio_table
+        return KVCache(self.cfg.backbone, batch_size, min(max_len, self.cfg.backbone.max_seq_len),
+                       dtype=p.dtype, device=p.device)
+
+    def embed(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Frames and mask (B, S, K+1) -> summed embeddings of the present columns (B, S, D)."""
+        K = self.cfg.n_codebooks
+        audio = self.audio_table[frames[..., :K] + self.offsets]  # (B, S, K, D)
+        text = self.text_table[frames[..., K]]  # (B, S, D)
+        return (audio * mask[..., :K, None]).sum(2) + text * mask[..., K, None]
+
+    @torch.inference_mode()
+    def prefill(self, frames: torch.Tensor, mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run the positions ``frames``/``mask`` (B, S, K+1) after those in ``cache`` -> the last state (B, D)."""
+        return self.backbone(self.embed(frames, mask), cache, self.attention)
+
+    @torch.inference_mode()
+    def feed(self, codes: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Append one audio frame ``codes`` (B, K) to ``cache`` -> the state after it (B, D)."""
+        x = self.audio_table[codes + self.offsets].sum(1, keepdim=True)  # (B, 1, D)
+        return self.backbone(x, cache, self.attention)
+
+    def compile(self) -> FastCSM:
+        """``torch.compile`` the decoding of a frame: codebook 0 and the K - 1 audio-decoder steps.
+
+        Inductor traces the whole loop into one graph (greedy; sampling breaks it at each draw) and
+        writes C++ that fuses the small ops between the matmuls. The first call of each setting
+        compiles (~35 s on two CPU cores). The backbone is left eager: at batch 1 it waits on reading
+        its weights, which fusing does not change (compiling it saved ~7% per position here).
+        """
+        self.compiled_frame = torch.compile(self.decode_frame, dynamic=False)
+        return self
+
+    @torch.inference_mode()
+    def frame(self, h: torch.Tensor, temperature: float = 0.9, topk: int = 50,
+              generator: torch.Generator | None = None, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """The frame after backbone state ``h`` (B, D): codebook 0 from the head, 1..K-1 from the decoder -> (B, K).
+
+        ``prefix`` (B, j): codes imposed on the first j codebooks (speculative decoding's corrections).
+        """
+        B = h.shape[0]
+        if self.decoder_cache is None or self.decoder_cache.k.shape[1] != B:
+            self.decoder_cache = KVCache(self.cfg.decoder, B, max_len=self.cfg.n_codebooks, dtype=h.dtype,
+                                         device=h.device)
+        self.decoder_cache.reset()  # rewound, not reallocated
+        decode = self.compiled_frame or self.decode_frame
+        return decode(h, self.decoder_cache, temperature, topk, generator, prefix)
+
+    def decode_frame(self, h: torch.Tensor, cache: KVCache, temperature: float, topk: int,
+                     generator: torch.Generator | None, prefix: torch.Tensor | None) -> torch.Tensor:
+        """``frame``'s work, with the decoder's (empty) ``cache`` given: what ``compile`` compiles."""
+        K, V = self.cfg.n_codebooks, self.cfg.audio_vocab_size
+
+        def pick(k: int, logits: torch.Tensor) -> torch.Tensor:
+            if prefix is not None and k < prefix.shape[1]:
+                return prefix[:, k]
+            return sample_topk(logits, temperature, topk, generator)
+
+        codes = [pick(0, self.codebook0_head(h))]
+        x = torch.stack([self.projection(h), self.decoder_table[codes[0]]], dim=1)  # (B, 2, Dd)
+        for k in range(1, K):
+            out = self.decoder(x, cache, self.attention)  # (B, Dd)
+            codes.append(pick(k, out @ self.audio_head[k - 1]))
+            x = self.decoder_table[codes[-1] + k * V][:, None]  # (B, 1, Dd)
+        return torch.stack(codes, dim=1)
+
+
+def int8(fast: FastCSM) -> FastCSM:
+    """A copy of ``fast`` whose ``nn.Linear`` layers are PyTorch's dynamic INT8 ones.
+
+    Weights are stored as int8 with one scale per output row; each call quantises its input on
+    the fly, multiplies in int8 and rescales to fp32. The embedding tables and the audio heads
+    (plain tensors, not ``nn.Linear``) stay fp32.
+    """
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works in 2.11
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        return quantize_dynamic(copy.deepcopy(fast), {nn.Linear: per_channel_dynamic_qconfig}, inplace=False)
+
+
+@torch.no_grad()
+def plain_frames(model: CSM, frames: torch.Tensor, mask: torch.Tensor, max_frames: int, temperature: float = 0.9,
+                 topk: int = 50, seed: int | None = None, stop: bool = True) -> list[torch.Tensor]:
+    """The plain path, for comparison: ``CSM.generate_frame`` in a loop after the prompt ``frames``/``mask``
+    (1, S, K+1), until end of speech (not yielded; with ``stop=False`` it goes on) or ``max_frames``
+    -> the frames' codes, each (1, K)."""
+    K = model.cfg.n_codebooks
+    cache = KVCache(model.cfg.backbone, 1, max_len=frames.shape[1] + max_frames)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    out = []
+    for _ in range(max_frames):
+        codes = model.generate_frame(frames, mask, cache, temperature, topk, generator)  # (1, K)
+        if stop and (codes == 0).all():
+            break
+        out.append(codes)
+        frames = torch.zeros(1, 1, K + 1, dtype=torch.long)
+        frames[0, 0, :K] = codes[0]
+        mask = torch.zeros_like(frames, dtype=torch.bool)
+        mask[0, 0, :K] = True
+    return out
