@@ -197,10 +197,11 @@ class Transformer(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, h: torch.Tensor, cache: KVCache | None = None,
-                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                padding_mask: torch.Tensor | None = None, causal: bool = True) -> torch.Tensor:
         """Run the stack on ``h`` (B, S, D), the positions after those already in ``cache``.
 
         ``padding_mask`` (B, S_total) is False at padded positions, which no position attends to.
+        ``causal=False`` lets every position see every other one (a non-autoregressive model).
         """
         B, S, _ = h.shape
         start = cache.length if cache is not None else 0
@@ -209,7 +210,10 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {end} positions is longer than max_seq_len={self.cfg.max_seq_len}")
         cos, sin = self.rope_cos[None, start:end], self.rope_sin[None, start:end]  # (1, S, Dh)
         # position start+i may attend to positions 0..start+i
-        mask = torch.ones(S, end, dtype=torch.bool, device=h.device).tril(diagonal=start)[None, None]
+        mask = torch.ones(S, end, dtype=torch.bool, device=h.device)
+        if causal:
+            mask = mask.tril(diagonal=start)
+        mask = mask[None, None]
         if padding_mask is not None:
             # a padded position still sees itself, so its (ignored) output is finite, not NaN
             itself = torch.ones(S, end, dtype=torch.bool, device=h.device).tril(start) & \
