@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
 .PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs budget-gpu results workbook test lab lint clean-data \
-	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity
+	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
+	baselines bench-latency
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -130,6 +131,28 @@ bench-training-knobs: setup
 ## (about 15 min on 2 cores; needs flite)
 bench-inference: setup flite
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench inference
+
+## baselines: the latency table's other systems, trained on the reference CSM's corpus, codec and phones
+## (csm_lib/train_baselines.py): VALL-E-style and AudioLM-style at the CSM's parameter count, BASELINE_MINUTES
+## each, and the full-turn column's character LM, TEXTLM_MINUTES. A sitting resumes runs/<system> when it exists.
+BASELINE_MINUTES ?= 15
+TEXTLM_MINUTES ?= 4
+baselines: setup
+	for s in valle audiolm; do \
+	  OMP_NUM_THREADS=2 CSM_PROGRESS=0 $(PY) -m csm_lib.train_baselines --system=$$s --minutes=$(BASELINE_MINUTES); \
+	  cp runs/$$s/model.safetensors checkpoints/$${s}_reference.safetensors; \
+	  cp runs/$$s/model.json checkpoints/$${s}_reference.json; \
+	done
+	OMP_NUM_THREADS=2 CSM_PROGRESS=0 $(PY) -m csm_lib.train_baselines --system=textlm --minutes=$(TEXTLM_MINUTES)
+	cp runs/textlm/model.safetensors checkpoints/textlm_reference.safetensors
+	cp runs/textlm/model.json checkpoints/textlm_reference.json
+	cp runs/textlm/model.tokenizer.json checkpoints/textlm_reference.tokenizer.json
+
+## bench-latency: chapter 09's table (csm_lib/bench_latency.py) -> results/latency_table.json: pipeline, AudioLM-style,
+## VALL-E-style and CSM on 24 held-out replies (speech out and full turn), latency vs reply length, the cost model,
+## and each system's WER (needs the checkpoints of `make baselines` and the reference corpus of `make model`)
+bench-latency: setup flite
+	CSM_PROGRESS=0 $(PY) -m csm_lib.bench latency
 
 ## bench: every timing benchmark (about 3 min on 2 cores, and bench-inference's 15)
 bench: bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference

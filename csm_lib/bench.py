@@ -290,12 +290,20 @@ def bench_inference(**kwargs) -> dict:
     return run(**kwargs)
 
 
+def bench_latency(**kwargs) -> dict:
+    """Chapter 09's latency table; it lives in ``csm_lib/bench_latency.py``."""
+    from csm_lib.bench_latency import bench_latency as run
+
+    return run(**kwargs)
+
+
 BENCHMARKS: dict[str, tuple[Callable[..., dict], str, int]] = {  # name -> (function, output file, default threads)
     "kv-cache": (bench_kv_cache, "kv_cache_speedup.json", 1),
     "amortization": (bench_amortization, "amortization.json", 1),
     "context-cost": (bench_context_cost, "context_cost.json", 2),
     "training-knobs": (bench_training_knobs, "training_knobs.json", 2),
     "inference": (bench_inference, "inference.json", 2),
+    "latency": (bench_latency, "latency_table.json", 2),
 }
 
 

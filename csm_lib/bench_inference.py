@@ -430,6 +430,12 @@ DEVICES = {
 LAUNCH_US = {"eager": 5.0, "cuda_graphs": 1.0}
 
 
+def layer_weights(t) -> int:
+    """Weights of one transformer layer of config ``t``: attention, then the SwiGLU MLP."""
+    attention = t.dim * (t.n_heads + 2 * t.n_kv_heads) * t.head_dim + t.n_heads * t.head_dim * t.dim
+    return attention + 3 * t.dim * t.hidden_dim
+
+
 def frame_cost(cfg: CSMConfig, context: int, bytes_per_weight: int = 4) -> dict:
     """FLOPs, weight and cache bytes, and sequential kernels of one generated frame at ``context`` positions.
 
@@ -437,10 +443,6 @@ def frame_cost(cfg: CSMConfig, context: int, bytes_per_weight: int = 4) -> dict:
     over ``context`` keys), the codebook-0 head, then K-1 decoder steps (positions 1..K-1, attention over
     them) each with an audio head. Embedding lookups read K rows, not the tables.
     """
-    def layer_weights(t) -> int:
-        attention = t.dim * (t.n_heads + 2 * t.n_kv_heads) * t.head_dim + t.n_heads * t.head_dim * t.dim
-        return attention + 3 * t.dim * t.hidden_dim  # and the SwiGLU MLP
-
     b, d, K, V = cfg.backbone, cfg.decoder, cfg.n_codebooks, cfg.audio_vocab_size
     bb_w, dec_w = b.n_layers * layer_weights(b), d.n_layers * layer_weights(d)
     bb_attn = b.n_layers * 2 * 2 * b.n_heads * b.head_dim * context  # q.K and p.V, multiply-add = 2 FLOPs

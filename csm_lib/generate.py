@@ -215,21 +215,22 @@ class Generator:
 
     def frames(self, text: str, speaker: int, context: list[Segment] | None = None,
                max_audio_length_ms: float = 10_000, temperature: float = 0.9, topk: int = 50,
-               seed: int | None = None) -> Iterator[torch.Tensor]:
+               seed: int | None = None, stop_at_end: bool = True) -> Iterator[torch.Tensor]:
         """Yield the generated frames' codes ``(1, K)`` one at a time, until end of speech.
 
         Stateless: the context is laid out and run through the backbone on every call (a
-        ``Conversation`` keeps it instead).
+        ``Conversation`` keeps it instead). ``stop_at_end=False`` goes on to ``max_audio_length_ms``
+        (a fixed length, for benchmarks): an end-of-speech frame is then yielded like any other.
         """
         self._check_sampling(max_audio_length_ms, temperature, topk)
         max_frames = int(max_audio_length_ms // self.frame_ms)
         frames, mask = self.prompt(text, speaker, list(context or []), max_frames)
         cache = self.fast.new_cache(1, frames.shape[1] + max_frames)
         h = self.fast.prefill(frames.to(cache.k.device), mask.to(cache.k.device), cache)
-        yield from self.continue_frames(h, cache, max_frames, temperature, topk, seed)
+        yield from self.continue_frames(h, cache, max_frames, temperature, topk, seed, stop_at_end)
 
     def continue_frames(self, h: torch.Tensor, cache: KVCache, max_frames: int, temperature: float, topk: int,
-                        seed: int | None) -> Iterator[torch.Tensor]:
+                        seed: int | None, stop_at_end: bool = True) -> Iterator[torch.Tensor]:
         """Frames after backbone state ``h`` (1, D), each fed back into ``cache`` before the next is drawn.
 
         The last frame yielded is *not* fed (nothing follows it); nor is an end-of-speech frame.
@@ -240,7 +241,7 @@ class Generator:
             if codes is not None:
                 h = self.fast.feed(codes, cache)
             codes = self.fast.frame(h, temperature, topk, generator)  # (1, K)
-            if Fr.is_end_of_speech(codes).item():
+            if stop_at_end and Fr.is_end_of_speech(codes).item():
                 return
             yield codes
 
@@ -258,13 +259,13 @@ class Generator:
 
     def stream(self, text: str, speaker: int, context: list[Segment] | None = None,
                max_audio_length_ms: float = 10_000, temperature: float = 0.9, topk: int = 50,
-               seed: int | None = None, chunk_frames: int = 1) -> Iterator[torch.Tensor]:
+               seed: int | None = None, chunk_frames: int = 1, stop_at_end: bool = True) -> Iterator[torch.Tensor]:
         """Yield the turn's audio as it is generated: one chunk ``(n,)`` per ``chunk_frames`` frames
         (80 ms each), then the last 30 ms.
 
         The concatenated chunks equal ``generate``'s audio for the same arguments and seed.
         """
-        codes = self.frames(text, speaker, context, max_audio_length_ms, temperature, topk, seed)
+        codes = self.frames(text, speaker, context, max_audio_length_ms, temperature, topk, seed, stop_at_end)
         yield from self.stream_codes(codes, chunk_frames)
 
     def stream_codes(self, codes: Iterator[torch.Tensor], chunk_frames: int = 1) -> Iterator[torch.Tensor]:
@@ -341,7 +342,7 @@ class Conversation:
                 self._run(*Fr.concat(self.parts))
 
     def frames(self, text: str, speaker: int, max_audio_length_ms: float = 10_000, temperature: float = 0.9,
-               topk: int = 50, seed: int | None = None) -> Iterator[torch.Tensor]:
+               topk: int = 50, seed: int | None = None, stop_at_end: bool = True) -> Iterator[torch.Tensor]:
         """Yield the next turn's codes ``(1, K)``; when it ends (or the caller stops), it joins the conversation.
 
         Room is made for the turn's text, ``max_audio_length_ms`` of frames and its end-of-speech
@@ -357,7 +358,7 @@ class Conversation:
         h = self._run(frames, mask)
         generated: list[torch.Tensor] = []
         try:
-            for codes in gen.continue_frames(h, self.cache, max_frames, temperature, topk, seed):
+            for codes in gen.continue_frames(h, self.cache, max_frames, temperature, topk, seed, stop_at_end):
                 generated.append(codes)
                 yield codes
         finally:  # the turn joins as Segment(codes=...) lays it out: text, its frames, end of speech
@@ -375,9 +376,10 @@ class Conversation:
         return self.gen.decode(list(self.frames(text, speaker, max_audio_length_ms, temperature, topk, seed)))
 
     def stream(self, text: str, speaker: int, max_audio_length_ms: float = 10_000, temperature: float = 0.9,
-               topk: int = 50, seed: int | None = None, chunk_frames: int = 1) -> Iterator[torch.Tensor]:
+               topk: int = 50, seed: int | None = None, chunk_frames: int = 1,
+               stop_at_end: bool = True) -> Iterator[torch.Tensor]:
         """The next turn's audio in chunks of ``chunk_frames`` frames, as ``Generator.stream``."""
-        codes = self.frames(text, speaker, max_audio_length_ms, temperature, topk, seed)
+        codes = self.frames(text, speaker, max_audio_length_ms, temperature, topk, seed, stop_at_end)
         yield from self.gen.stream_codes(codes, chunk_frames)
 
 

@@ -59,7 +59,7 @@ def test_token_lm_learns_a_sequence_and_respects_codebooks():
         opt.zero_grad()
         loss_.backward()
         opt.step()
-    assert float(loss_) < 0.1 * first
+    assert loss_.item() < 0.1 * first
     lm.eval()
     out = lm.generate(prefix, 10, temperature=0)  # stops at END after the 6 it learnt
     assert out.tolist() == codes[0].tolist()
@@ -90,7 +90,7 @@ def test_valle_and_audiolm_stage_shapes_and_losses():
     for name, m in (("valle", valle), ("audiolm", alm)):
         parts = loss(m.train(), name, b, torch.Generator().manual_seed(0))
         assert torch.isfinite(parts["loss"]) and parts["loss"] > 0
-        assert abs(float(parts["loss"]) - sum(float(v) for k, v in parts.items() if k != "loss")) < 1e-4
+        assert abs(parts["loss"].item() - sum(v.item() for k, v in parts.items() if k != "loss")) < 1e-4
         parts["loss"].backward()
         assert all(p.grad is not None for p in m.parameters())  # every stage trains
 
@@ -134,3 +134,71 @@ def test_sizes_match_the_reference_csm():
     csm = CSM(replace(PRESETS["reference"], text_vocab_size=72)).num_parameters()["total"]
     for name, n in sizes(72).items():
         assert abs(n / csm - 1) < 0.05, (name, n, csm)
+
+
+# --- the latency benchmark's pieces (bench_latency.py), on tiny models ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_systems():
+    import dataclasses
+
+    from csm_lib.bench_latency import speakers
+    from csm_lib.codec import PRESETS as CODEC_PRESETS
+    from csm_lib.codec import Codec
+    from csm_lib.generate import Generator, Segment
+    from csm_lib.model import CSM, PRESETS
+    from csm_lib.text import TextTokenizer
+
+    torch.manual_seed(0)
+    tok = TextTokenizer.train(["hello there", "how are you today"], vocab_size=0)
+    codec = Codec(CODEC_PRESETS["tiny"])
+    cfg = dataclasses.replace(PRESETS["tiny"], text_vocab_size=tok.vocab_size, n_codebooks=codec.cfg.n_q,
+                              audio_vocab_size=codec.cfg.codebook_size)
+    gen = Generator(CSM(cfg), codec, tok)
+    valle = VallE(VallEConfig(ar=t(), nar=t(), n_codebooks=codec.cfg.n_q, audio_vocab_size=codec.cfg.codebook_size,
+                              text_vocab_size=tok.vocab_size)).eval()
+    g = torch.Generator().manual_seed(0)
+    ctx = [Segment(0, "hello there", 0.1 * torch.randn(8000, generator=g)),
+           Segment(1, "how are you today", 0.1 * torch.randn(8000, generator=g))]
+    return gen, speakers(gen, {"valle": valle, "audiolm": valle}), ctx
+
+
+def test_every_system_speaks_the_same_length_and_only_csm_streams(tiny_systems):
+    from csm_lib.bench_latency import run_system
+
+    gen, fns, ctx = tiny_systems
+    n = 6
+    lengths, chunks = {}, {}
+    for name, fn in fns.items():
+        out = list(run_system(name, fn, gen, "hello", 0, ctx, n, seed=0))
+        lengths[name], chunks[name] = sum(len(c) for c in out), len(out)
+        assert all(torch.isfinite(c).all() for c in out)
+    assert len(set(lengths.values())) == 1, lengths  # the same reply length for every system
+    assert chunks["csm"] == chunks["csm_stateless"] == n + 1  # a chunk per frame, then the decoder's tail
+    assert chunks["pipeline"] == chunks["valle"] == 1  # non-streaming: the whole reply at once
+
+
+def test_csm_keeps_the_conversation_up_to_the_users_turn(tiny_systems):
+    from csm_lib.bench_latency import run_system
+
+    gen, fns, ctx = tiny_systems
+    kept = torch.cat(list(run_system("csm", fns["csm"], gen, "hello", 0, ctx, 5, seed=3)))
+    stateless = torch.cat(list(run_system("csm_stateless", fns["csm_stateless"], gen, "hello", 0, ctx, 5, seed=3)))
+    assert torch.allclose(kept, stateless, atol=1e-5)  # the same reply, whether the context was kept or re-run
+
+
+def test_cost_model_orders_the_staging():
+    from csm_lib.bench_latency import cost_before_first_sample, fit_cost
+    from csm_lib.model import PRESETS as CSM_PRESETS
+    from csm_lib.train_baselines import configs
+
+    cfgs = {"csm": CSM_PRESETS["reference"], **configs(72)}
+    for n in (12, 60, 250):
+        steps = {s: cost_before_first_sample(s, cfgs, n)["sequential_steps"] for s in ("csm", "pipeline", "valle",
+                                                                                       "audiolm")}
+        assert steps["csm"] == 8  # the prompt's prefill, then K-1 decoder steps: independent of n
+        assert steps["pipeline"] == 8 * n and steps["valle"] == 1 + n + 7 and steps["audiolm"] == 3 + 8 * n
+    pts = [{"sequential_steps": s, "GFLOP": f, "measured_ms": 0.5 * s + 20 * f} for s, f in ((8, 0.1), (100, 1), (400, 3))]
+    fit = fit_cost(pts)
+    assert fit["ms_per_step"] == pytest.approx(0.5) and fit["ms_per_GFLOP"] == pytest.approx(20, rel=1e-3)
