@@ -87,7 +87,7 @@ class BaselineConfig:
     batch: int = 8  # turns per step
     max_frames: int = 160  # longer turns are left out of training (12.8 s)
     lr: float = 1.5e-3
-    warmup: int = 200
+    warmup: int = 100
     weight_decay: float = 0.1
     clip: float = 1.0
     eval_every: int = 250
@@ -120,6 +120,7 @@ def turn_codes(turn) -> tuple[torch.Tensor, torch.Tensor]:
 def load_turns(cfg: BaselineConfig) -> tuple[dict[str, list], dict]:
     """Train and valid turns of the reference's corpus: ``{split: [(text, codes, prev_text, turn)]}``."""
     train_w, valid_w, mcfg, info = load_data(reference_recipe(cfg.reference))
+    info.pop("tokenizer")  # the CSM's (phones); baselines read the same ids, the text LM has its own
     splits = {}
     for name, w in (("train", train_w), ("valid", valid_w)):
         rows = []
@@ -181,7 +182,7 @@ def loss(model: torch.nn.Module, system: str, b: dict, g: torch.Generator | None
 
 def reply_prefix(tok: TextTokenizer, prev_text: str, prev_speaker: int, speaker: int) -> list[int]:
     """The text LM's prompt: the user's turn, then ``<bos>[speaker]`` of the reply to write."""
-    return tok.encode(prev_text, prev_speaker) + tok.encode("", speaker)[:2]
+    return tok.encode(prev_text, prev_speaker) + [tok.bos_id, tok.speaker_token(speaker)]
 
 
 def text_batch(rows: list, tok: TextTokenizer) -> dict:

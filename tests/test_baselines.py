@@ -199,6 +199,7 @@ def test_cost_model_orders_the_staging():
                                                                                        "audiolm")}
         assert steps["csm"] == 8  # the prompt's prefill, then K-1 decoder steps: independent of n
         assert steps["pipeline"] == 8 * n and steps["valle"] == 1 + n + 7 and steps["audiolm"] == 3 + 8 * n
-    pts = [{"sequential_steps": s, "GFLOP": f, "measured_ms": 0.5 * s + 20 * f} for s, f in ((8, 0.1), (100, 1), (400, 3))]
+    pts = [{"sequential_steps": s, "GFLOP": f, "measured_ms": 0.5 * s + 20 * f}
+           for s, f in ((8, 0.1), (100, 1), (400, 3))]
     fit = fit_cost(pts)
     assert fit["ms_per_step"] == pytest.approx(0.5) and fit["ms_per_GFLOP"] == pytest.approx(20, rel=1e-3)
