@@ -253,7 +253,7 @@ def train(cfg: BaselineConfig) -> Path:
         stop = cfg.minutes > 0 and wall > cfg.minutes * 60
         if done % cfg.eval_every == 0 or stop or done == cfg.steps:
             evals.append(evaluate(done))
-            print(json.dumps(evals[-1] | {"train_loss": round(float(parts["loss"]), 4)}), flush=True)
+            print(json.dumps(evals[-1] | {"train_loss": round(parts["loss"].item(), 4)}), flush=True)
         if done % cfg.ckpt_every == 0 or stop or done == cfg.steps:
             save_state(out, done, model, opt, meta)
             checkpoint.atomic_write(out / "progress.json", lambda tmp, w=wall: Path(tmp).write_text(
