@@ -108,6 +108,7 @@ CK = "checkpoints/csm_reference.json"
 FORTY = "results/reference_40h_model.json"
 OLD = "results/reference_model_40h_templates.json"
 INF = "results/inference.json"
+LAT = "results/latency_table.json"
 
 
 def ttfa(n: int, chunk: int, state: str, key: str):
@@ -120,11 +121,71 @@ def attention_ms(mode: str, kind: str):
     return lambda d: next(r[f"{kind}_ms"] for r in d["attention"]["rows"] if (r["length"], r["mode"]) == (2000, mode))
 
 
+def first_ms(system: str, column: str = "speech_out"):
+    """A system's median latency in latency_table.json: speech out (first audio) or full turn."""
+    if column == "full_turn":
+        return ["full_turn", "systems", system, "median_ms"]
+    return ["speech_out", system, "first_audio", "median_ms"]
+
+
+def curve_ms(system: str, reply_s: int):
+    return lambda d: next(p["first_audio_ms"] for p in d["length_curve"]["curves"][system] if p["reply_s"] == reply_s)
+
+
+def csm_improvement(d: dict) -> float:
+    return next(r["improvement_pct"] for r in d["table"] if r["system"] == "csm")
+
+
+def minutes(d: dict) -> float:
+    return d["wall_time_s"] / 60
+
+
 RTX = ["cost_model", "reference", "gpu", "RTX 4090 (consumer GPU)"]
 RTX_BIG = ["cost_model", "paper_422m", "gpu", "RTX 4090 (consumer GPU)"]
 
 # (README row label, source file, key, format)
 ENTRIES = [
+    # --- chapter 09: the latency table ----------------------------------------------------------------------------
+    ("| latency table, speech out", LAT, ["speech_out", "csm", "first_audio", "n"], "{} held-out replies"),
+    ("| latency table, speech out", LAT, ["speech_out", "csm", "audio_s_median"], "(median {:.2f} s of audio)"),
+    ("| latency table, speech out", LAT, ["torch_threads"], "one run, {} threads"),
+    ("| latency table, speech out", LAT, lambda d: d["parameters"]["csm"] / 1e6, "about {:.1f} M parameters"),
+    ("| latency table, speech out", LAT, first_ms("pipeline"), "| {:.1f} /"),
+    ("| latency table, speech out", LAT, first_ms("audiolm"), "/ {:.1f} /"),
+    ("| latency table, speech out", LAT, first_ms("valle"), "/ {:.1f} /"),
+    ("| latency table, speech out", LAT, first_ms("csm"), "/ {:.1f} ms;"),
+    ("| latency table, speech out", LAT, csm_improvement, "CSM {:+.1f}% against"),
+    ("| latency table, speech out", None, lambda: 78.8, "(seed: +{:.1f}%)"),
+    ("| same, full turn (the user's audio", LAT, first_ms("pipeline", "full_turn"), "| {:.1f} /"),
+    ("| same, full turn (the user's audio", LAT, first_ms("audiolm", "full_turn"), "/ {:.1f} /"),
+    ("| same, full turn (the user's audio", LAT, first_ms("valle", "full_turn"), "/ {:.1f} /"),
+    ("| same, full turn (the user's audio", LAT, first_ms("csm", "full_turn"), "/ {:.1f} ms,"),
+    ("| same, full turn (the user's audio", LAT, ["full_turn", "asr", "median_ms"], "takes {:.1f} ms"),
+    ("| same, time to first audio for a 1 s", LAT, curve_ms("csm", 1), "| {:.1f} and"),
+    ("| same, time to first audio for a 1 s", LAT, curve_ms("csm", 20), "and {:.1f} ms /"),
+    ("| same, time to first audio for a 1 s", LAT, curve_ms("pipeline", 1), "/ {:.1f} and"),
+    ("| same, time to first audio for a 1 s", LAT, curve_ms("pipeline", 20), "and {:.1f} ms |"),
+    ("| same, time to first audio for a 1 s", LAT, lambda d: d["length_curve"]["curves"]["csm"][0]["reply_s"],
+     "for a {} s and"),
+    ("| same, time to first audio for a 1 s", LAT, lambda d: d["length_curve"]["curves"]["csm"][-1]["reply_s"],
+     "and a {} s reply"),
+    ("| do the systems speak?", LAT, ["speaks", "csm", "n"], "on the same {} replies"),
+    ("| do the systems speak?", LAT, ["speaks", "pipeline", "wer"], "| {:.1%} /"),
+    ("| do the systems speak?", LAT, ["speaks", "audiolm", "wer"], "/ {:.1%} /"),
+    ("| do the systems speak?", LAT, ["speaks", "valle", "wer"], "/ {:.1%} /"),
+    ("| do the systems speak?", LAT, ["speaks", "csm", "wer"], "/ {:.1%};"),
+    ("| do the systems speak?", LAT, ["speaks", "ground_truth", "wer"], "; {:.1%}."),
+    ("| do the systems speak?", "checkpoints/valle_reference.json", minutes, "trained {:.0f} min each"),
+    ("| do the systems speak?", "checkpoints/audiolm_reference.json", minutes, "trained {:.0f} min each"),
+    ("| do the systems speak?", CK, lambda d: total_seconds(d["history"]) / 60, "(the CSM {:.0f} min)"),
+    ("| 180 ms end-to-end", LAT, csm_improvement, "as {:+.1f}% for speech out"),
+    ("| 180 ms end-to-end", LAT, first_ms("csm", "full_turn"), "full turn takes {:.1f} ms"),
+    ("| 180 ms end-to-end", LAT, ["full_turn", "asr", "median_ms"], ", {:.1f} of them speech recognition"),
+    ("| 180 ms end-to-end", LAT, first_ms("csm"), "alone takes {:.1f} ms"),
+    ("| 180 ms end-to-end", LAT, lambda d: d["configs"]["csm"]["n_codebooks"] - 1, "then {} passes over all frames"),
+    ("| 180 ms end-to-end", LAT, lambda d: d["configs"]["csm"]["n_codebooks"], "TTS: {} sequential steps per frame"),
+    ("| 180 ms end-to-end", None, lambda: 78.8, '"+{:.1f}%": **reproduced**'),
+    ("| 180 ms end-to-end", None, lambda: 180, '"{} ms" end to end'),
     # --- chapter 08: inference ------------------------------------------------------------------------------------
     ("| inference, reference CSM, greedy", INF, ["vs_transformers", "frames"], "greedy, {} frames"),
     ("| inference, reference CSM, greedy", INF, ["vs_transformers", "prompt_tokens"], "same {}-token prompt"),
