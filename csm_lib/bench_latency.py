@@ -354,8 +354,9 @@ def bench_latency(threads: int = 2, replies_n: int = 24, repeats: int = 3) -> di
 
     gen = load_generator()
     gen.fast.compile()  # chapter 08's fast path, for CSM and the pipeline's TTS alike
-    models = {name: load(CHECKPOINTS[name])[0] for name in ("valle", "audiolm")}
-    metas = {name: load(CHECKPOINTS[name])[1] for name in ("valle", "audiolm")}
+    loaded = {name: load(CHECKPOINTS[name]) for name in ("valle", "audiolm")}  # (model, sidecar)
+    models = {name: m for name, (m, _) in loaded.items()}
+    metas = {name: meta for name, (_, meta) in loaded.items()}
     lm, tok, lm_meta = load_text_lm(CHECKPOINTS["textlm"])
     cfgs = {"csm": gen.model.cfg, **{k: m.cfg for k, m in models.items()}}
     params = {"csm": gen.model.num_parameters()["total"], "pipeline": gen.model.num_parameters()["total"],
