@@ -10,7 +10,7 @@ NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_san
 
 .PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs budget-gpu results workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
-	baselines bench-latency
+	baselines bench-latency serve bench-serve
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -153,6 +153,16 @@ baselines: setup
 ## and each system's WER (needs the checkpoints of `make baselines` and the reference corpus of `make model`)
 bench-latency: setup flite
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench latency
+
+## serve: the reference model over HTTP on 127.0.0.1:8000 (csm_lib/serve.py; `$(PY) -m csm_lib.serve --help` for
+## --model, --codec, --port and every limit). Ctrl-C stops it.
+serve: setup
+	$(PY) -m csm_lib.serve $(SERVE_ARGS)
+
+## bench-serve: chapter 11 (csm_lib/bench_serve.py) -> results/serving.json: 1, 4 and 8 concurrent streaming clients
+## (TTFB, RTF, throughput), server memory over 500 requests, codec chunk cost, 1 worker x 2 threads (about 5 min)
+bench-serve: setup
+	CSM_PROGRESS=0 $(PY) -m csm_lib.bench serve
 
 ## bench: every timing benchmark (about 3 min on 2 cores, and bench-inference's 15)
 bench: bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference

@@ -297,6 +297,13 @@ def bench_latency(**kwargs) -> dict:
     return run(**kwargs)
 
 
+def bench_serve(**kwargs) -> dict:
+    """Chapter 11's serving benchmark; it lives in ``csm_lib/bench_serve.py``."""
+    from csm_lib.bench_serve import bench_serve as run
+
+    return run(**kwargs)
+
+
 BENCHMARKS: dict[str, tuple[Callable[..., dict], str, int]] = {  # name -> (function, output file, default threads)
     "kv-cache": (bench_kv_cache, "kv_cache_speedup.json", 1),
     "amortization": (bench_amortization, "amortization.json", 1),
@@ -304,6 +311,7 @@ BENCHMARKS: dict[str, tuple[Callable[..., dict], str, int]] = {  # name -> (func
     "training-knobs": (bench_training_knobs, "training_knobs.json", 2),
     "inference": (bench_inference, "inference.json", 2),
     "latency": (bench_latency, "latency_table.json", 2),
+    "serve": (bench_serve, "serving.json", 1),
 }
 
 

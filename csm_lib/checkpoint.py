@@ -76,6 +76,14 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, json.loads(sidecar.read_text())
 
 
+def load_meta(path: str | Path) -> dict:
+    """Only the JSON sidecar of checkpoint ``path`` (its tensors are not read)."""
+    sidecar = Path(path).with_suffix(".json")
+    if not sidecar.exists():
+        raise FileNotFoundError(f"the sidecar {sidecar} of checkpoint {path} is missing")
+    return json.loads(sidecar.read_text())
+
+
 def git_commit() -> str:
     """The repository's commit (``CSM_COMMIT`` overrides it, for copies without ``.git``)."""
     if os.environ.get("CSM_COMMIT"):

@@ -35,6 +35,7 @@ lists what can and cannot be checked about context audio).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ CORPUS_SPEAKERS = 2  # data.py's conversations: speaker ids 0 and 1
 # plausible context audio (Generator.check_audio): generous bounds, far outside real speech
 SILENCE_PEAK = 1e-4  # peak amplitude below this (-80 dBFS) is silence
 MIN_S_PER_CHAR, MAX_S_PER_CHAR = 0.01, 1.5  # flite: 0.06-0.08 s per character, 0.4 s for "ok"
+MIN_TEMPERATURE = 0.01  # below it (but above 0: greedy), logits / temperature can overflow (chapter 11's fuzz)
 
 
 @dataclass
@@ -208,8 +210,9 @@ class Generator:
         if not max_audio_length_ms >= self.frame_ms:
             raise ValueError(f"max_audio_length_ms must be at least one frame ({self.frame_ms:.0f} ms), "
                              f"got {max_audio_length_ms}")
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+        if not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
+            raise ValueError(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE} (logits divided "
+                             f"by less overflow to inf), got {temperature}")
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
             raise ValueError(f"topk must be an integer >= 1 (1: greedy), got {topk!r}")
 
@@ -350,25 +353,38 @@ class Conversation:
         """
         gen = self.gen
         gen._check_sampling(max_audio_length_ms, temperature, topk)
-        gen._check_turn(text, speaker)
         max_frames = int(max_audio_length_ms // gen.frame_ms)
-        frames, mask = gen.text_frames(text, speaker)
-        self._make_room(len(frames) + max_frames + 1)
-        start = self.cache.length
-        h = self._run(frames, mask)
+        h, turn = self.start_turn(text, speaker, max_frames)
         generated: list[torch.Tensor] = []
         try:
             for codes in gen.continue_frames(h, self.cache, max_frames, temperature, topk, seed, stop_at_end):
                 generated.append(codes)
                 yield codes
-        finally:  # the turn joins as Segment(codes=...) lays it out: text, its frames, end of speech
-            end_of_speech = torch.zeros(1, gen.model.cfg.n_codebooks, dtype=torch.long, device=self.cache.k.device)
-            for codes in [*generated[self.cache.length - start - len(frames):], end_of_speech]:
-                gen.fast.feed(codes, self.cache)  # those not fed yet
-            codes = torch.cat([*generated, end_of_speech]).T.cpu()  # (K, F + 1)
-            audio = Fr.audio_frames(codes, end_of_speech=False)
-            self.turns.append(Segment(speaker, text, codes=codes[:, :-1] if generated else None))
-            self.parts.append(Fr.concat([(frames, mask), audio]))
+        finally:
+            self.end_turn(turn, generated)
+
+    def start_turn(self, text: str, speaker: int, max_frames: int) -> tuple[torch.Tensor, dict]:
+        """Prefill a new turn's text -> the backbone state ``(1, D)`` to draw its first frame from, and
+        what ``end_turn`` needs. The frames after it are drawn and fed by the caller (``frames``, or a
+        server batching several streams), into ``self.cache``."""
+        self.gen._check_turn(text, speaker)
+        frames, mask = self.gen.text_frames(text, speaker)
+        self._make_room(len(frames) + max_frames + 1)
+        start = self.cache.length
+        return self._run(frames, mask), {"text": text, "speaker": speaker, "start": start, "frames": (frames, mask)}
+
+    def end_turn(self, turn: dict, generated: list[torch.Tensor]) -> None:
+        """The turn of ``start_turn``, with the frames ``generated`` for it (each ``(1, K)``), joins the
+        conversation as ``Segment(codes=...)`` lays it out: its text, its frames, end of speech."""
+        gen, (frames, mask) = self.gen, turn["frames"]
+        end_of_speech = torch.zeros(1, gen.model.cfg.n_codebooks, dtype=torch.long, device=self.cache.k.device)
+        fed = self.cache.length - turn["start"] - len(frames)
+        for codes in [*generated[fed:], end_of_speech]:
+            gen.fast.feed(codes, self.cache)  # those not fed yet
+        codes = torch.cat([*generated, end_of_speech]).T.cpu()  # (K, F + 1)
+        audio = Fr.audio_frames(codes, end_of_speech=False)
+        self.turns.append(Segment(turn["speaker"], turn["text"], codes=codes[:, :-1] if generated else None))
+        self.parts.append(Fr.concat([(frames, mask), audio]))
 
     def generate(self, text: str, speaker: int, max_audio_length_ms: float = 10_000, temperature: float = 0.9,
                  topk: int = 50, seed: int | None = None) -> torch.Tensor:

@@ -229,6 +229,25 @@ class FastCSM(nn.Module):
         decode = self.compiled_frame or self.decode_frame
         return decode(h, self.decoder_cache, temperature, topk, generator, prefix)
 
+    @torch.inference_mode()
+    def frame_each(self, h: torch.Tensor, settings: list[tuple[float, int, torch.Generator | None]]) -> torch.Tensor:
+        """``frame`` for B independent streams at once: row i of ``h`` (B, D) is sampled with its own
+        ``settings[i]`` = (temperature, topk, generator) -> (B, K).
+
+        The audio decoder runs once for the B rows (continuous batching in ``serve.py``); only the
+        draws are per row. A row's codes equal ``frame`` on that row alone with the same generator
+        whenever the batched matmuls round as the single-row ones (``tests/test_serve.py`` checks it here).
+        """
+        B = h.shape[0]
+        if len(settings) != B:
+            raise ValueError(f"{B} rows of h but {len(settings)} settings")
+        if self.decoder_cache is None or self.decoder_cache.k.shape[1] != B:
+            self.decoder_cache = KVCache(self.cfg.decoder, B, max_len=self.cfg.n_codebooks, dtype=h.dtype,
+                                         device=h.device)
+        self.decoder_cache.reset()
+        temperatures, topks, generators = (list(x) for x in zip(*settings, strict=True))
+        return self.decode_frame(h, self.decoder_cache, temperatures, topks, generators, None)
+
     def decode_frame(self, h: torch.Tensor, cache: KVCache, temperature: float, topk: int,
                      generator: torch.Generator | None, prefix: torch.Tensor | None) -> torch.Tensor:
         """``frame``'s work, with the decoder's (empty) ``cache`` given: what ``compile`` compiles."""
@@ -237,6 +256,9 @@ class FastCSM(nn.Module):
         def pick(k: int, logits: torch.Tensor) -> torch.Tensor:
             if prefix is not None and k < prefix.shape[1]:
                 return prefix[:, k]
+            if isinstance(generator, list):  # one stream per row, each with its own settings (frame_each)
+                return torch.cat([sample_topk(logits[i:i + 1], t, n, g)
+                                  for i, (t, n, g) in enumerate(zip(temperature, topk, generator, strict=True))])
             return sample_topk(logits, temperature, topk, generator)
 
         codes = [pick(0, self.codebook0_head(h))]

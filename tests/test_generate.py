@@ -144,7 +144,8 @@ def test_context_audio_of_implausible_length_for_its_text_warns(gen, text, secon
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"temperature": -0.1}, "temperature must be >= 0"), ({"temperature": math.nan}, "temperature"),
+    ({"temperature": -0.1}, "temperature must be 0"),
+    ({"temperature": 1e-300}, "at least|>= 0.01"), ({"temperature": math.nan}, "temperature"),
     ({"topk": 0}, "topk must be an integer >= 1"), ({"topk": 2.5}, "topk"),
     ({"max_audio_length_ms": 79}, "at least one frame"),
 ])
