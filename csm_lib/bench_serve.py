@@ -8,8 +8,11 @@ streamed WAV as it comes. Per request, from the moment it is sent:
 
 - **TTFB**, time to the first audio byte: the first body chunk (WAV header and the first 80 ms of
   PCM leave together, so this is time to first audio);
-- **RTF** of the stream: its wall time to the last byte over its audio duration (< 1: the audio
-  arrives faster than it plays);
+- **RTF** of the stream: time from its first to its last byte over its audio duration (< 1: after
+  the first byte the audio arrives faster than it plays); ``rtf_wall`` counts from the request
+  (it adds TTFB, which weighs on short replies);
+- **stall**: the longest a player starting at the first byte would wait for audio not yet
+  arrived (0 for a stream that plays through);
 - the audio's duration, so throughput = audio seconds served per wall second.
 
 Texts are held-out WordNet sentences (the reference model's test split), short enough for one
@@ -44,25 +47,32 @@ def texts(n: int, max_chars: int = 90) -> list[str]:
 
 
 def stream_once(url: str, body: dict, client: httpx.Client) -> dict:
-    """One streamed request -> its status, TTFB, wall time and audio duration (s)."""
+    """One streamed request -> its status, TTFB, stream rate, stalls and audio duration (s).
+
+    ``stall_s``: how long a player that starts at the first byte would wait, at worst, for audio
+    that has not arrived (0: it plays through without a gap).
+    """
     t0 = time.perf_counter()
-    first, n_bytes = None, 0
+    first, n_bytes, stall = None, 0, 0.0
     with client.stream("POST", url + "/generate", json={**body, "stream": True}) as r:
         if r.status_code != 200:
             r.read()
             return {"status": r.status_code, "detail": r.text[:200]}
-        sr = int(r.headers["x-sample-rate"])
+        bytes_per_s = 2 * int(r.headers["x-sample-rate"])
         for chunk in r.iter_bytes():
+            now = time.perf_counter() - t0
             if chunk and first is None:
-                first = time.perf_counter() - t0
+                first = now
+            stall = max(stall, now - first - max(n_bytes - 44, 0) / bytes_per_s)  # due when played so far
             n_bytes += len(chunk)
-    wall = time.perf_counter() - t0
-    audio_s = max(n_bytes - 44, 0) / 2 / sr
-    return {"status": 200, "ttfb_s": first, "wall_s": wall, "audio_s": audio_s,
-            "rtf": wall / audio_s if audio_s else None}
+    last = time.perf_counter() - t0
+    audio_s = max(n_bytes - 44, 0) / bytes_per_s
+    return {"status": 200, "ttfb_s": first, "wall_s": last, "audio_s": audio_s, "stall_s": stall,
+            "rtf": (last - first) / audio_s if audio_s else None, "rtf_wall": last / audio_s if audio_s else None}
 
 
-def run_clients(url: str, n_clients: int, per_client: int, max_audio_length_ms: float, seed0: int = 0) -> dict:
+def run_clients(url: str, n_clients: int, per_client: int, max_audio_length_ms: float, seed0: int = 0,
+                server: Server | None = None) -> dict:
     """``n_clients`` threads, each streaming ``per_client`` requests in turn -> per-request rows and the wall time."""
     sentences = texts(n_clients * per_client)
     rows: list[dict] = []
@@ -77,19 +87,28 @@ def run_clients(url: str, n_clients: int, per_client: int, max_audio_length_ms: 
                 with lock:
                     rows.append(row | {"client": c})
 
+    cpu0, own0 = server.cpu_seconds() if server else None, time.process_time()
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(c,)) for c in range(n_clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return {"rows": rows, "wall_s": time.perf_counter() - t0}
+    wall = time.perf_counter() - t0
+    out = {"rows": rows, "wall_s": wall}
+    if server:  # where the 2 cores went: share of the wall time each used (2.0 = both cores all the time)
+        cpu1 = server.cpu_seconds()
+        out["cores_used"] = {"server_main": round((cpu1["main"] - cpu0["main"]) / wall, 2),
+                             "workers": round((cpu1["workers"] - cpu0["workers"]) / wall, 2),
+                             "clients": round((time.process_time() - own0) / wall, 2)}
+    return out
 
 
 def summarize(run: dict) -> dict:
     ok = [r for r in run["rows"] if r["status"] == 200 and r["audio_s"] > 0]
     ttfb = np.array([r["ttfb_s"] for r in ok]) * 1000
-    rtf = np.array([r["rtf"] for r in ok])
+    rtf, rtf_wall = np.array([r["rtf"] for r in ok]), np.array([r["rtf_wall"] for r in ok])
+    stall = np.array([r["stall_s"] for r in ok]) * 1000
     audio = sum(r["audio_s"] for r in ok)
     statuses = [r["status"] for r in run["rows"]]
     return {"requests": len(run["rows"]), "ok": len(ok), "statuses": {str(s): statuses.count(s) for s in set(statuses)},
@@ -100,8 +119,11 @@ def summarize(run: dict) -> dict:
                 lambda idx: float(np.median(ttfb[idx])), len(ttfb))],
             "rtf_median": round(float(np.median(rtf)), 3), "rtf_max": round(float(rtf.max()), 3),
             "streams_rtf_below_1": round(float((rtf < 1).mean()), 3),
+            "rtf_wall_median": round(float(np.median(rtf_wall)), 3), "rtf_wall_max": round(float(rtf_wall.max()), 3),
+            "stall_max_ms": round(float(stall.max()), 1), "streams_without_stall": round(float((stall <= 0).mean()), 3),
             "audio_s_median": round(float(np.median([r["audio_s"] for r in ok])), 2),
-            "throughput_audio_s_per_s": round(audio / run["wall_s"], 2), "wall_s": round(run["wall_s"], 1)}
+            "throughput_audio_s_per_s": round(audio / run["wall_s"], 2), "wall_s": round(run["wall_s"], 1),
+            "cores_used": run.get("cores_used")}
 
 
 def decoder_chunk_cost(frames: tuple[int, ...] = (1, 2, 4, 8), repeats: int = 30) -> list[dict]:
@@ -133,7 +155,9 @@ def bench_serve(threads: int = 1, repeats: int = 8, memory_requests: int = 500,
                  "sampling": {"temperature": 0.9, "topk": 50, "seed": "one per request",
                               "max_audio_length_ms": max_audio_length_ms},
                  "ttfb": "request sent -> first body bytes (WAV header + first 80 ms of audio), client side",
-                 "rtf": "request sent -> last byte, over the stream's audio duration"}
+                 "rtf": "first byte -> last byte, over the stream's audio duration (rtf_wall: from the request)",
+                 "stall": "longest wait of a player started at the first byte for audio not yet arrived",
+                 "cores_used": "CPU seconds per wall second of the server's main process, its workers, the clients"}
     out["codec_chunks"] = decoder_chunk_cost()
     with Server(workers=2, threads=threads, max_streams=8) as server:
         out["server"] = {k: server.health()["limits"][k] for k in ("workers", "threads", "max_streams", "chunk_frames")}
@@ -141,7 +165,8 @@ def bench_serve(threads: int = 1, repeats: int = 8, memory_requests: int = 500,
         out["levels"] = {}
         for n in LEVELS:
             per_client = repeats * 3 if n == 1 else repeats
-            out["levels"][str(n)] = summarize(run_clients(server.url, n, per_client, max_audio_length_ms))
+            run = run_clients(server.url, n, per_client, max_audio_length_ms, server=server)
+            out["levels"][str(n)] = summarize(run)
             print(n, "clients:", out["levels"][str(n)], flush=True)
         before = server.rss_mb()
         mem = run_clients(server.url, 8, memory_requests // 8 + (memory_requests % 8 > 0), 800, seed0=20_000)
@@ -156,6 +181,6 @@ def bench_serve(threads: int = 1, repeats: int = 8, memory_requests: int = 500,
     for name, flags in alternatives.items():
         with Server(max_streams=8, **flags) as server:
             run_clients(server.url, 2, 1, max_audio_length_ms, seed0=10_000)
-            out[name] = {"8": summarize(run_clients(server.url, 8, repeats, max_audio_length_ms))}
+            out[name] = {"8": summarize(run_clients(server.url, 8, repeats, max_audio_length_ms, server=server))}
             print(name, out[name], flush=True)
     return out

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import base64
 import binascii
 import contextlib
@@ -820,6 +821,7 @@ class Server:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "csm_lib.serve", f"--port={self.port}", *flags],
                                      cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        atexit.register(self.stop)  # no server left running when the notebook's kernel or the tests end
 
     def wait(self, timeout: float = 180) -> Server:
         """Wait for ``/health`` to answer 200 (the workers have loaded the model)."""
@@ -848,6 +850,17 @@ class Server:
             with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/status") as f:
                 total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
         return total / 1024
+
+    def cpu_seconds(self) -> dict:
+        """CPU time (user + system, s) used so far by the server's main process and by its workers together."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu(pid: int) -> float:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+        return {"main": cpu(self.proc.pid), "workers": sum(cpu(p) for p in self.health()["pids"])}
 
     def stop(self) -> None:
         if self.proc.poll() is None:
