@@ -109,6 +109,7 @@ FORTY = "results/reference_40h_model.json"
 OLD = "results/reference_model_40h_templates.json"
 INF = "results/inference.json"
 LAT = "results/latency_table.json"
+SRV = "results/serving.json"
 
 
 def ttfa(n: int, chunk: int, state: str, key: str):
@@ -145,6 +146,31 @@ RTX_BIG = ["cost_model", "paper_422m", "gpu", "RTX 4090 (consumer GPU)"]
 
 # (README row label, source file, key, format)
 ENTRIES = [
+    ("| serving over HTTP (`make serve`", SRV, ["server", "workers"], ": {} worker processes"),
+    ("| serving over HTTP (`make serve`", SRV, ["server", "threads"], "processes of {} thread"),
+    ("| serving over HTTP (`make serve`", SRV, ["levels", "1", "requests"], "one client ({} requests)"),
+    ("| serving over HTTP (`make serve`", SRV, ["levels", "8", "requests"], "8 clients ({} requests)"),
+    ("| serving over HTTP (`make serve`", SRV, lambda d: max(int(k) for k in d["levels"]), "with {} clients"),
+    ("| serving over HTTP (`make serve`", SRV, lambda d: max(int(k) for k in d["levels"]), "the slowest of the {} "),
+    ("| serving over HTTP (`make serve`", SRV, ["levels", "1", "ttfb_p50_ms"], "| {:.1f} /"),
+    ("| serving over HTTP (`make serve`", SRV, ["levels", "8", "ttfb_p95_ms"], "/ {:.1f} ms;"),
+    ("| serving over HTTP (`make serve`", SRV, ["levels", "8", "rtf_max"], "RTF {:.3f}"),
+    ("| serving over HTTP (`make serve`", SRV, ["levels", "8", "rtf_wall_max"], "({:.3f} counted"),
+    ("| same, 8 clients: throughput", SRV, ["levels", "8", "throughput_audio_s_per_s"], "| {:.2f} /"),
+    ("| same, 8 clients: throughput", SRV, ["no_batching", "8", "throughput_audio_s_per_s"], "/ {:.2f} /"),
+    ("| same, 8 clients: throughput", SRV, ["one_worker_two_threads", "8", "throughput_audio_s_per_s"],
+     "/ {:.2f} s of audio"),
+    ("| same, 8 clients: throughput", SRV, lambda d: max(int(k) for k in d["levels"]), "same, {} clients"),
+    ("| same, 8 clients: throughput", SRV, ["memory", "requests"], "over {} short"),
+    ("| same, 8 clients: throughput", SRV, lambda d: d["memory"]["growth"] * 100, "{:+.2f}%"),
+    ("| the server's schema fuzz", "tests/test_serve.py", r"assert total >= (\d+)", "at least {}"),
+    ("| the server's schema fuzz", "tests/test_serve.py", r"\"temperature\": (1e-300)", lambda v: "1e-300"),
+    ("| a FastAPI `/generate` with", SRV, ["levels", "1", "ttfb_p50_ms"], "{:.1f} ms p50"),
+    ("| a FastAPI `/generate` with", SRV, ["levels", "8", "ttfb_p95_ms"], "{:.1f} ms p95"),
+    ("| a FastAPI `/generate` with", SRV, lambda d: max(int(k) for k in d["levels"]), "with {} concurrent"),
+    ("| a FastAPI `/generate` with", SRV, lambda d: max(int(k) for k in d["levels"]), "stream at {} clients"),
+    ("| a FastAPI `/generate` with", SRV, ["levels", "8", "rtf_median"], "RTF {:.3f}"),
+    ("| a FastAPI `/generate` with", SRV, ["levels", "8", "stall_max_ms"], "up to {:.1f} ms of pre-roll"),
     # --- chapter 09: the latency table ----------------------------------------------------------------------------
     ("| latency table, speech out", LAT, ["speech_out", "csm", "first_audio", "n"], "{} held-out replies"),
     ("| latency table, speech out", LAT, ["speech_out", "csm", "audio_s_median"], "(median {:.2f} s of audio)"),
@@ -530,6 +556,7 @@ ALLOWED = [
     (r'"3\.5 ms inference \(GPU\)"|"2-3x speed-up for common phrases"|"2x inference speed-up',
      "the seed's claims, quoted"),
     (r"RTX 4090|in bf16|422M parameters", "a device's and a precision's names"),
+    (r'"sub-200 ms responses"|Sesame\'s 1B model', "the seed's claim, quoted; the model it is about"),
 ]
 
 NUMBER = re.compile(r"(?<![A-Za-z_\d.,])(?<![A-Za-z]-)(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e-?\d+)?(?!\d)")
