@@ -269,3 +269,25 @@ def test_schema_fuzz_no_5xx(server):
     assert total >= 1000, counts
     assert not failures, failures[:5]
     assert server.health()["status"] == "ok"
+
+
+def test_context_audio_over_the_limit_is_refused(server):
+    long = encode_wav(0.1 * np.sin(np.arange(16_000 * 11) / 10), SR)  # 11 s, twice: over the 20 s limit
+    turns = [{"speaker": 0, "text": "a long turn about many things " * 4, "audio": long}] * 2
+    r = post(server, {"text": "hi", "context": turns})
+    assert r.status_code == 422 and "more than 20 s" in r.json()["detail"], r.text
+
+
+def test_request_timeout_and_idle_conversations(tmp_path):
+    """A server with a tiny timeout answers 503 and frees the slot; an idle conversation expires (404)."""
+    with Server(log=tmp_path / "server.log", workers=1, request_timeout_s=0.3, conversation_idle_s=1,
+                max_audio_length_ms=20_000) as s:
+        r = httpx.post(s.url + "/generate", json={"text": "a very long answer " * 10, "seed": 0,
+                                                  "max_audio_length_ms": 20_000}, timeout=60)
+        assert r.status_code == 503 and "timeout of 0.3 s" in r.json()["detail"], r.text
+        cid = httpx.post(s.url + "/conversations", json={}).json()["id"]
+        assert httpx.get(s.url + f"/conversations/{cid}").status_code == 200
+        threading.Event().wait(1.5)
+        gone = httpx.get(s.url + f"/conversations/{cid}")
+        assert gone.status_code == 404 and "idle" in gone.json()["detail"]
+        assert s.health()["streams"] == 0 and s.health()["status"] == "ok"
