@@ -1,0 +1,236 @@
+"""Listening widgets: the playground of chapter 12, and players for the chapters where listening teaches.
+
+    pg = Playground(load_generator())
+    display(pg.ui)                       # type a line, pick a speaker, Generate, listen
+    pg.add_flite_turn("are you coming to the market", speaker=0, voice="slt")   # the same, from code
+    reply = pg.generate("yes I will bring the bags", speaker=1, seed=0)
+
+``player(audio, sr)`` is an ``ipywidgets.Audio`` (an ``<audio>`` element in the browser, saved
+with the notebook's widget state); ``picker({"name": audio, ...}, sr)`` a row of buttons that
+chooses which one plays.
+
+The playground builds a conversation turn by turn. A context turn is a line spoken by flite (a
+voice, a pitch and a pace, as the corpus makes them: ``data.synthesize``); a generated turn joins
+the conversation as its codes, as ``Conversation`` keeps it. Each generation is stateless
+(``Generator.frames`` with the earlier turns as context, or none when "use context" is off), so
+the same line can be heard both ways with the same seed. The audio comes out of the codec's
+streaming decoder frame by frame; the time to the first chunk is reported, and the reply can be
+decoded from only its first k codebooks.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import time
+from collections.abc import Callable
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import numpy as np
+import soundfile as sf
+import torch
+
+from csm_lib import data
+from csm_lib.generate import Generator, Segment
+
+MAX_CHARS = 300  # one line of the playground
+
+
+def wav_bytes(audio: torch.Tensor | np.ndarray, sr: int) -> bytes:
+    """Float samples ``(T,)`` -> the bytes of a 16-bit WAV file."""
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(audio, dtype=np.float32), sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def player(audio: torch.Tensor | np.ndarray, sr: int) -> widgets.Audio:
+    """An audio player widget for float samples ``(T,)`` at ``sr``."""
+    return widgets.Audio(value=wav_bytes(audio, sr), format="wav", autoplay=False, loop=False)
+
+
+def picker(options: dict[str, torch.Tensor | np.ndarray | Callable[[], torch.Tensor]], sr: int,
+           description: str = "hear") -> widgets.VBox:
+    """Buttons naming each option and one player for the chosen one (an option may be a function
+    computing its audio when first chosen)."""
+    cache: dict[str, bytes] = {}
+    names = list(options)
+    buttons = widgets.ToggleButtons(options=names, description=description)
+    audio = widgets.Audio(format="wav", autoplay=False, loop=False)
+
+    def show(name: str) -> None:
+        if name not in cache:
+            x = options[name]
+            cache[name] = wav_bytes(x() if callable(x) else x, sr)
+        audio.value = cache[name]
+
+    buttons.observe(lambda change: show(change["new"]), names="value")
+    show(names[0])
+    return widgets.VBox([buttons, audio])
+
+
+class Playground:
+    """A conversation built turn by turn in widgets (``ui``), or from code (``add_flite_turn``, ``generate``)."""
+
+    def __init__(self, gen: Generator):
+        self.gen = gen
+        self.turns: list[dict] = []  # {"segment", "source", "audio"} in order
+        self.last: dict | None = None  # the last generated reply
+        K = gen.model.cfg.n_codebooks
+        speakers = list(range(gen.n_speakers))
+        style = {"description_width": "110px"}
+        self.text = widgets.Text(placeholder="type a line", description="line", style=style,
+                                 layout=widgets.Layout(width="600px"))
+        self.speaker = widgets.Dropdown(options=speakers, description="speaker", style=style)
+        self.voice = widgets.Dropdown(options=list(data.VOICES), value="slt", description="flite voice", style=style)
+        self.pitch = widgets.FloatSlider(1.0, min=0.8, max=1.25, step=0.05, description="flite pitch x", style=style)
+        self.pace = widgets.FloatSlider(1.0, min=0.7, max=1.4, step=0.05, description="flite slowness", style=style)
+        self.temperature = widgets.FloatSlider(0.9, min=0.0, max=1.5, step=0.05, description="temperature",
+                                               style=style)
+        self.topk = widgets.IntSlider(50, min=1, max=gen.model.cfg.audio_vocab_size, description="top-k", style=style)
+        self.seed = widgets.IntText(0, description="seed", style=style)
+        self.codebooks = widgets.IntSlider(K, min=1, max=K, description="codebooks decoded", style=style)
+        self.use_context = widgets.Checkbox(True, description="use context")
+        self.add_button = widgets.Button(description="Add as context (flite)", icon="plus")
+        self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
+        self.clear_button = widgets.Button(description="Clear conversation", icon="trash")
+        self.progress = widgets.IntProgress(0, min=0, max=1, description="frames", style=style)
+        self.status = widgets.HTML()
+        self.history = widgets.VBox()
+        self.reply = widgets.VBox()
+        self.codes_view = widgets.Output()
+        self.add_button.on_click(lambda _: self._safely(self._add_from_widgets))
+        self.generate_button.on_click(lambda _: self._safely(self._generate_from_widgets))
+        self.clear_button.on_click(lambda _: self.clear())
+        flite = widgets.HBox([self.voice, self.pitch, self.pace])
+        sampling = widgets.VBox([widgets.HBox([self.temperature, self.topk]),
+                                 widgets.HBox([self.seed, self.codebooks, self.use_context])])
+        self.ui = widgets.VBox([
+            widgets.HTML("<b>conversation so far</b>"), self.history,
+            widgets.HBox([self.text, self.speaker]), flite, sampling,
+            widgets.HBox([self.add_button, self.generate_button, self.clear_button]),
+            self.progress, self.status, self.reply, self.codes_view])
+        self._show_history()
+
+    # --- from code --------------------------------------------------------------------------
+    def add_flite_turn(self, text: str, speaker: int, voice: str = "slt", pitch: float = 1.0,
+                       pace: float = 1.0) -> dict:
+        """A context turn spoken by flite's ``voice`` at ``pitch`` x its usual f0 and ``pace`` x its duration."""
+        self._check(text, speaker)
+        f0 = data.VOICES[voice]["default_f0"] * pitch
+        audio, sr = data.synthesize(text, voice, data.Style(f0_mean=f0, f0_std=0.15 * f0, stretch=pace))
+        turn = {"segment": Segment(speaker, text, torch.as_tensor(audio), sr), "audio": torch.as_tensor(audio),
+                "source": f"flite {voice}"}
+        self.turns.append(turn)
+        self._show_history()
+        return turn
+
+    def generate(self, text: str, speaker: int, temperature: float = 0.9, topk: int = 50, seed: int = 0,
+                 codebooks: int | None = None, use_context: bool = True,
+                 max_audio_length_ms: float = 10_000) -> dict:
+        """The next turn, generated: ``{"audio", "sr", "codes" (K, F), "first_audio_ms", "duration_s"}``.
+
+        It joins the conversation (as its codes). ``codebooks``: decode only the first k codebooks
+        (what the model generated is unchanged; the reply played is coarser).
+        """
+        self._check(text, speaker)
+        gen, K = self.gen, self.gen.model.cfg.n_codebooks
+        context = [t["segment"] for t in self.turns] if use_context else []
+        max_frames = int(max_audio_length_ms // gen.frame_ms)
+        self.progress.max, self.progress.value = max_frames, 0
+        codes: list[torch.Tensor] = []
+
+        def frames():
+            for c in gen.frames(text, speaker, context, max_audio_length_ms, temperature, topk, seed):
+                codes.append(c)
+                self.progress.value = len(codes)
+                yield c
+
+        t0, first, chunks = time.perf_counter(), None, []
+        for chunk in gen.stream_codes(frames(), chunk_frames=1):  # the codec's causal decoder, frame by frame
+            first = first if first is not None else time.perf_counter() - t0
+            chunks.append(chunk)
+        all_codes = torch.cat(codes).T if codes else torch.zeros(K, 0, dtype=torch.long)  # (K, F)
+        k = codebooks or K
+        if k < K and codes:
+            audio = gen.codec.decode(all_codes[None, :k])[0]
+        else:
+            audio = torch.cat(chunks) if chunks else torch.zeros(0)
+        reply = {"text": text, "speaker": speaker, "audio": audio, "sr": gen.sample_rate, "codes": all_codes,
+                 "codebooks": k, "first_audio_ms": None if first is None else 1000 * first,
+                 "duration_s": audio.numel() / gen.sample_rate, "context_turns": len(context)}
+        if codes:
+            self.turns.append({"segment": Segment(speaker, text, codes=all_codes), "audio": audio,
+                               "source": f"generated, seed {seed}"})
+        self.last = reply
+        self._show_reply(reply)
+        self._show_history()
+        return reply
+
+    def clear(self) -> None:
+        self.turns, self.last = [], None
+        self.reply.children, self.status.value = (), ""
+        self.codes_view.clear_output()
+        self._show_history()
+
+    # --- the widgets ---------------------------------------------------------------------------
+    def _check(self, text: str, speaker: int) -> None:
+        if not text or not text.strip():
+            raise ValueError("the line is empty: type what the speaker says")
+        if len(text) > MAX_CHARS:
+            raise ValueError(f"the line has {len(text)} characters; the playground takes at most {MAX_CHARS}")
+        if speaker not in range(self.gen.n_speakers):
+            raise ValueError(f"speaker {speaker}: the model knows speakers 0..{self.gen.n_speakers - 1}")
+
+    def _safely(self, action: Callable[[], None]) -> None:
+        """Run a button's action; a bad input becomes a message, not a traceback."""
+        buttons = (self.add_button, self.generate_button)
+        for b in buttons:
+            b.disabled = True
+        try:
+            action()
+        except (ValueError, RuntimeError, FileNotFoundError) as e:
+            self.status.value = f"<span style='color:#b00'>⚠ {html.escape(str(e))}</span>"
+        finally:
+            for b in buttons:
+                b.disabled = False
+
+    def _add_from_widgets(self) -> None:
+        self.status.value = "speaking with flite…"
+        self.add_flite_turn(self.text.value, self.speaker.value, self.voice.value, self.pitch.value, self.pace.value)
+        self.status.value = f"added a context turn: {len(self.turns)} turns"
+        self.text.value = ""
+
+    def _generate_from_widgets(self) -> None:
+        self.status.value = "generating…"
+        self.generate(self.text.value, self.speaker.value, self.temperature.value, self.topk.value,
+                      self.seed.value, self.codebooks.value, self.use_context.value)
+        self.text.value = ""
+
+    def _show_history(self) -> None:
+        rows = []
+        for i, t in enumerate(self.turns):
+            s = t["segment"]
+            label = widgets.HTML(f"{i + 1}. <b>[{s.speaker}]</b> {html.escape(s.text)} <i>({t['source']})</i>")
+            rows.append(widgets.HBox([label, player(t["audio"], self.gen.sample_rate)]))
+        self.history.children = rows or [widgets.HTML("<i>no turns yet: add context turns, or generate</i>")]
+
+    def _show_reply(self, r: dict) -> None:
+        if r["first_audio_ms"] is None:
+            self.status.value = "the model ended the turn at once (no audio): try another seed or temperature"
+            self.reply.children = ()
+            return
+        self.status.value = (f"first audio after <b>{r['first_audio_ms']:.0f} ms</b> · duration "
+                             f"<b class='duration'>{r['duration_s']:.2f}</b> s · {r['codes'].shape[1]} frames · "
+                             f"{r['codebooks']} codebooks decoded · {r['context_turns']} context turns")
+        self.reply.children = (widgets.HTML(f"<b>[{r['speaker']}]</b> {html.escape(r['text'])}"),
+                               player(r["audio"], r["sr"]))
+        self.codes_view.clear_output(wait=True)
+        with self.codes_view:
+            fig, ax = plt.subplots(figsize=(8, 2.2))
+            ax.imshow(r["codes"].numpy(), aspect="auto", interpolation="nearest", cmap="viridis")
+            ax.set_xlabel("frame (80 ms each)")
+            ax.set_ylabel("codebook")
+            ax.set_title("the reply's codes (codebook 0: semantic)")
+            fig.tight_layout()
+            plt.show()
