@@ -10,7 +10,7 @@ NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_san
 
 .PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs budget-gpu results workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
-	baselines bench-latency serve bench-serve
+	baselines bench-latency serve bench-serve screenshot
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -163,6 +163,10 @@ serve: setup
 ## (TTFB, RTF, throughput), server memory over 500 requests, codec chunk cost, 1 worker x 2 threads (about 5 min)
 bench-serve: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench serve
+
+## screenshot: the browser test (JupyterLab + chromium) writing figures/12_playground.png (needs chromium)
+screenshot: setup
+	CSM_OUTPUT_DIR= CSM_PROGRESS=0 $(PY) -m pytest -q -p no:cacheprovider tests/test_browser.py
 
 ## bench: every timing benchmark (about 3 min on 2 cores, and bench-inference's 15)
 bench: bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference

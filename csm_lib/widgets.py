@@ -89,7 +89,7 @@ class Playground:
                                                style=style)
         self.topk = widgets.IntSlider(50, min=1, max=gen.model.cfg.audio_vocab_size, description="top-k", style=style)
         self.seed = widgets.IntText(0, description="seed", style=style)
-        self.codebooks = widgets.IntSlider(K, min=1, max=K, description="codebooks decoded", style=style)
+        self.codebooks = widgets.IntSlider(K, min=1, max=K, description="codebooks", style=style)
         self.use_context = widgets.Checkbox(True, description="use context")
         self.add_button = widgets.Button(description="Add as context (flite)", icon="plus")
         self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
@@ -99,6 +99,10 @@ class Playground:
         self.history = widgets.VBox()
         self.reply = widgets.VBox()
         self.codes_view = widgets.Output()
+        for b in (self.add_button, self.generate_button, self.clear_button):
+            b.layout = widgets.Layout(width="auto")
+        for w, name in ((self.text, "csm-line"), (self.status, "csm-status"), (self.reply, "csm-reply")):
+            w.add_class(name)  # handles for the browser test (tests/test_browser.py)
         self.add_button.on_click(lambda _: self._safely(self._add_from_widgets))
         self.generate_button.on_click(lambda _: self._safely(self._generate_from_widgets))
         self.clear_button.on_click(lambda _: self.clear())
@@ -126,12 +130,12 @@ class Playground:
         return turn
 
     def generate(self, text: str, speaker: int, temperature: float = 0.9, topk: int = 50, seed: int = 0,
-                 codebooks: int | None = None, use_context: bool = True,
-                 max_audio_length_ms: float = 10_000) -> dict:
+                 codebooks: int | None = None, use_context: bool = True, max_audio_length_ms: float = 10_000,
+                 join: bool = True) -> dict:
         """The next turn, generated: ``{"audio", "sr", "codes" (K, F), "first_audio_ms", "duration_s"}``.
 
-        It joins the conversation (as its codes). ``codebooks``: decode only the first k codebooks
-        (what the model generated is unchanged; the reply played is coarser).
+        With ``join`` it joins the conversation (as its codes). ``codebooks``: decode only the first
+        k codebooks (what the model generated is unchanged; the reply played is coarser).
         """
         self._check(text, speaker)
         gen, K = self.gen, self.gen.model.cfg.n_codebooks
@@ -159,7 +163,7 @@ class Playground:
         reply = {"text": text, "speaker": speaker, "audio": audio, "sr": gen.sample_rate, "codes": all_codes,
                  "codebooks": k, "first_audio_ms": None if first is None else 1000 * first,
                  "duration_s": audio.numel() / gen.sample_rate, "context_turns": len(context)}
-        if codes:
+        if codes and join:
             self.turns.append({"segment": Segment(speaker, text, codes=all_codes), "audio": audio,
                                "source": f"generated, seed {seed}"})
         self.last = reply

@@ -1,0 +1,157 @@
+"""The workbook in a real browser: JupyterLab, chromium (Debian's, driven by Playwright), chapter 12.
+
+JupyterLab is started on 127.0.0.1 with a token, on a *copy* of ``notebooks/`` (JupyterLab saves
+what it runs; the tests leave no trace). The test runs every cell of ``12_playground.ipynb``,
+types a line into the playground, presses Generate, and checks the ``<audio>`` element that
+appears: it decodes, it is not silent, its length is the duration the playground reports, and
+it plays. The screenshot goes to ``outputs.figures_dir()`` (a scratch folder under test; ``make
+screenshot`` refreshes the committed ``figures/12_playground.png``).
+
+``.ci/run`` installs Debian's ``chromium``; no browser is downloaded. Without chromium (and outside
+CI) the test is skipped; in CI (``CI=true``) a missing browser fails it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from csm_lib import outputs
+from csm_lib.serve import free_port
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+LINE = "the garden looks lovely in the morning light"
+
+if CHROMIUM is None and os.environ.get("CI") != "true":
+    pytest.skip("chromium is not installed (apt-get install chromium); .ci/run installs it", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab on a copy of notebooks/ -> its base URL and token."""
+    work = tmp_path_factory.mktemp("lab") / "notebooks"
+    shutil.copytree(outputs.REPO / "notebooks", work, ignore=shutil.ignore_patterns("runs", ".ipynb_checkpoints"))
+    port, token = free_port(), secrets.token_hex(16)
+    env = {**os.environ, "CSM_PROGRESS": "0",  # CSM_OUTPUT_DIR (a scratch folder under test) is inherited
+           "JUPYTER_CONFIG_DIR": str(work.parent / "config"), "JUPYTER_RUNTIME_DIR": str(work.parent / "runtime")}
+    settings = work.parent / "config" / "lab" / "user-settings"
+    for plugin, value in (("@jupyterlab/notebook-extension/tracker", {"windowingMode": "none"}),  # all cells in the DOM
+                          ("@jupyterlab/apputils-extension/notification", {"fetchNews": "false"})):
+        path = settings / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+    log = open(work.parent / "lab.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
+                             f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
+                             "--LabApp.expose_app_in_browser=True", "--allow-root"],
+                            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/api/status", params={"token": token}, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (work.parent / "lab.log").read_text()[-2000:]
+            time.sleep(0.2)
+        yield url, token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+KERNEL_IDLE = """() => {
+    const w = window.jupyterapp.shell.currentWidget;
+    const kernel = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+    return !!kernel && kernel.status === 'idle';
+}"""
+
+
+COUNTS = """() => window.jupyterapp.shell.currentWidget.content.widgets
+    .filter(c => c.model.type === 'code').map(c => c.model.executionCount)"""
+
+
+def run_all_cells(page, url: str, token: str, notebook: str, timeout_s: float = 400) -> None:
+    """Open ``notebook`` in JupyterLab, clear its outputs, run all its cells, and wait until each has run."""
+    page.goto(f"{url}/lab/tree/{notebook}?token={token}")
+    page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')",
+                           timeout=120_000)
+    page.wait_for_function(KERNEL_IDLE, timeout=120_000)  # the kernel has started
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
+    page.wait_for_function(f"() => ({COUNTS})().every(n => n === null)", timeout=30_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.wait_for_function(f"() => ({COUNTS})().every(n => n !== null)", timeout=timeout_s * 1000)
+    page.wait_for_function(KERNEL_IDLE, timeout=60_000)
+
+
+AUDIO_FACTS = """async (el) => {
+    if (!el.duration || isNaN(el.duration)) {
+        await new Promise((ok, bad) => { el.onloadedmetadata = ok; el.onerror = bad; setTimeout(ok, 10000); });
+    }
+    const bytes = await (await fetch(el.src)).arrayBuffer();
+    const ctx = new OfflineAudioContext(1, 16000, 16000);
+    const buf = await ctx.decodeAudioData(bytes);
+    const x = buf.getChannelData(0);
+    let peak = 0, sq = 0;
+    for (let i = 0; i < x.length; i++) { peak = Math.max(peak, Math.abs(x[i])); sq += x[i] * x[i]; }
+    el.muted = true;
+    await el.play();
+    await new Promise(ok => setTimeout(ok, 600));
+    return {duration: el.duration, decoded_s: buf.duration, peak: peak, rms: Math.sqrt(sq / x.length),
+            played_s: el.currentTime};
+}"""
+
+
+def test_playground_generates_audio_in_the_browser(lab):
+    from playwright.sync_api import sync_playwright
+
+    url, token = lab
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        run_all_cells(page, url, token, "12_playground.ipynb")
+        counts = page.evaluate(COUNTS)
+        assert counts == list(range(1, len(counts) + 1)), counts  # every cell ran, in order, in this kernel
+        assert not page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                                ":has-text('Traceback')").count()
+
+        box = page.locator(".csm-line input").first
+        box.scroll_into_view_if_needed()
+        status = page.locator(".csm-status").first
+        before = status.inner_text()
+        box.fill(LINE)
+        page.locator("button:has-text('Generate')").first.click()
+        page.wait_for_function("(before) => { const t = document.querySelector('.csm-status').textContent;"
+                               " return t.includes('first audio after') && t !== before; }",
+                               arg=before, timeout=120_000)
+        text = status.inner_text()
+        reported = float(re.search(r"duration ([\d.]+) s", text).group(1))
+        page.wait_for_function("(line) => document.querySelector('.csm-reply').textContent.includes(line)"
+                               " && document.querySelector('.csm-reply audio')", arg=LINE, timeout=30_000)
+        text = status.inner_text()  # the widgets' updates arrive one by one: read it once the reply is in
+        reply = page.locator(".csm-reply audio").first
+        reply.scroll_into_view_if_needed()
+        facts = reply.evaluate(AUDIO_FACTS)
+        assert abs(facts["duration"] - reported) < 0.05 and abs(facts["decoded_s"] - reported) < 0.05, (facts, text)
+        assert facts["peak"] > 0.05 and facts["rms"] > 0.005, facts  # speech, not silence
+        assert facts["played_s"] > 0, facts  # the player plays
+        page.screenshot(path=str(outputs.figures_dir() / "12_playground.png"))
+        browser.close()
+        assert not errors, errors
