@@ -9,6 +9,7 @@ torchcodec, which we do not need); resampling and mel features use ``torchaudio`
 from __future__ import annotations
 
 import functools
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -35,6 +36,13 @@ def load(path: str | Path, sr: int | None = SAMPLE_RATE) -> tuple[torch.Tensor, 
     if sr is not None and sr != file_sr:
         return resample(audio, file_sr, sr), sr
     return audio, file_sr
+
+
+def wav_bytes(audio: torch.Tensor | np.ndarray, sr: int) -> bytes:
+    """Mono float audio ``(T,)`` -> the bytes of a 16-bit PCM WAV file (for players and HTTP bodies)."""
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(audio, dtype=np.float32), sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
 
 
 def save(path: str | Path, audio: torch.Tensor | np.ndarray, sr: int) -> Path:

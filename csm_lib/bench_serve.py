@@ -25,6 +25,7 @@ drawn on its own) and on one worker with two torch threads (why one worker proce
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -38,11 +39,17 @@ from csm_lib.serve import Server
 LEVELS = (1, 4, 8)  # concurrent streaming clients
 
 
-def texts(n: int, max_chars: int = 90) -> list[str]:
-    """``n`` held-out test sentences of the reference corpus's split (WordNet examples, seed 3)."""
+@functools.cache
+def test_sentences(max_chars: int = 90) -> tuple[str, ...]:
+    """The held-out test sentences of the reference corpus's split (WordNet examples, seed 3), 20..max_chars long."""
     from csm_lib.sentences import split_sentences, wordnet_sentences
 
-    test = [s for s in split_sentences(wordnet_sentences(), seed=3)["test"] if 20 <= len(s) <= max_chars]
+    return tuple(s for s in split_sentences(wordnet_sentences(), seed=3)["test"] if 20 <= len(s) <= max_chars)
+
+
+def texts(n: int) -> list[str]:
+    """``n`` of the held-out test sentences, in order (repeating if needed)."""
+    test = test_sentences()
     return [test[i % len(test)] for i in range(n)]
 
 

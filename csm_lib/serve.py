@@ -72,6 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from csm_lib import checkpoint
+from csm_lib.audio import wav_bytes
 from csm_lib.generate import MIN_TEMPERATURE, REFERENCE_CODEC, REFERENCE_MODEL, trained_speakers
 from csm_lib.outputs import REPO
 from csm_lib.text import N_SPEAKERS
@@ -191,9 +192,7 @@ def wav_header(sample_rate: int, n_bytes: int | None = None) -> bytes:
 
 def encode_wav(audio: np.ndarray, sample_rate: int) -> str:
     """Float samples ``(T,)`` -> base64 of a 16-bit WAV file (for a request's ``context``)."""
-    buf = io.BytesIO()
-    sf.write(buf, np.asarray(audio, dtype=np.float32), sample_rate, format="WAV", subtype="PCM_16")
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(wav_bytes(audio, sample_rate)).decode()
 
 
 def decode_wav(b64: str, sample_rate: int, where: str) -> np.ndarray:
@@ -352,12 +351,12 @@ def worker_main(index: int, model: str, codec: str, threads: int, inbox: mp.Queu
             going.append(s)
         return going
 
-    def fail(batch: list[Stream], e: Exception) -> None:
+    def fail(jobs: list[str], e: Exception) -> None:
         status = 422 if isinstance(e, ValueError) else 500
         if status == 500:
             traceback.print_exc()
-        for s in batch:
-            outbox.put(("error", s.job, status, str(e) if status == 422 else f"{type(e).__name__}: {e}"))
+        for job in jobs:
+            outbox.put(("error", job, status, str(e) if status == 422 else f"{type(e).__name__}: {e}"))
 
     def handle(msg: tuple) -> bool:
         kind = msg[0]
@@ -372,7 +371,7 @@ def worker_main(index: int, model: str, codec: str, threads: int, inbox: mp.Queu
                 s.warnings = [str(w.message) for w in caught]
                 streams.extend(draw([s]))  # its first frame and chunk now, alone
             except Exception as e:
-                fail([Stream(job, None, None, (), 0, None, 1)], e)
+                fail([job], e)
         elif kind == "add":
             _, job, conv_id, turns = msg
             conv = conversations.setdefault(conv_id, Conversation(gen))
@@ -381,7 +380,7 @@ def worker_main(index: int, model: str, codec: str, threads: int, inbox: mp.Queu
                     conv.add(seg)
                 outbox.put(("done", job, {"turns": len(conv.turns), "positions": conv.positions}))
             except Exception as e:
-                fail([Stream(job, None, None, (), 0, None, 1)], e)
+                fail([job], e)
         elif kind == "cancel":
             for s in [s for s in streams if s.job == msg[1]]:
                 streams.remove(s)
@@ -411,7 +410,7 @@ def worker_main(index: int, model: str, codec: str, threads: int, inbox: mp.Queu
                     s.h, s.last = fast.feed(s.last, s.cache), None
                 going = draw(batch) if batched else [g for s in batch for g in draw([s])]
             except Exception as e:
-                fail(batch, e)
+                fail([s.job for s in batch], e)
                 going = []
             streams[:] = going + [s for s in streams if s not in batch]
 

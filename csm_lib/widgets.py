@@ -21,27 +21,19 @@ decoded from only its first k codebooks.
 from __future__ import annotations
 
 import html
-import io
 import time
 from collections.abc import Callable
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
-import soundfile as sf
 import torch
 
 from csm_lib import data
+from csm_lib.audio import wav_bytes
 from csm_lib.generate import Generator, Segment
 
 MAX_CHARS = 300  # one line of the playground
-
-
-def wav_bytes(audio: torch.Tensor | np.ndarray, sr: int) -> bytes:
-    """Float samples ``(T,)`` -> the bytes of a 16-bit WAV file."""
-    buf = io.BytesIO()
-    sf.write(buf, np.asarray(audio, dtype=np.float32), sr, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def player(audio: torch.Tensor | np.ndarray, sr: int) -> widgets.Audio:
