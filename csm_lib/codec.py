@@ -252,6 +252,13 @@ class Codec(nn.Module):
             raise ValueError(f"decode expects codes of shape (B, K, F), got {tuple(codes.shape)}")
         return self._synthesize(self.quantizer.decode(codes.transpose(1, 2)))
 
+    @torch.no_grad()
+    def swap(self, codes_a: torch.Tensor, codes_b: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """A's first ``keep`` codebooks with B's others, over the frames both have:
+        ``(B, K, F_a)``, ``(B, K, F_b)`` -> audio ``(B, min(F_a, F_b) * spf)`` (chapter 03's swap experiment)."""
+        n = min(codes_a.shape[-1], codes_b.shape[-1])
+        return self.decode(torch.cat([codes_a[:, :keep, :n], codes_b[:, keep:, :n]], dim=1))
+
     # --- training ---------------------------------------------------------------------------
     def forward(self, audio: torch.Tensor, n_q: int | None = None) -> CodecOutput:
         z = self.latent(audio)

@@ -51,6 +51,24 @@ def is_end_of_speech(codes: torch.Tensor) -> torch.Tensor:
     return (codes == 0).all(-1)
 
 
+def audio_runs(frames: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """The audio a sequence ``(S, K+1)`` holds, as codes ``(K, F_i)`` per turn (end-of-speech frames dropped).
+
+    A turn's audio is a run of consecutive audio positions; text positions and end-of-speech
+    frames separate the runs. Decoding each with the codec plays what the backbone reads.
+    """
+    K = frames.shape[1] - 1
+    speech = mask[:, :K].all(-1) & ~is_end_of_speech(frames[:, :K])  # (S,)
+    runs, start = [], None
+    for i, s in enumerate([*speech.tolist(), False]):
+        if s and start is None:
+            start = i
+        elif not s and start is not None:
+            runs.append(frames[start:i, :K].T)
+            start = None
+    return runs
+
+
 def concat(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Join ``(frames, mask)`` pieces along the positions."""
     return torch.cat([f for f, _ in parts]), torch.cat([m for _, m in parts])

@@ -36,8 +36,9 @@ lists what can and cannot be checked about context audio).
 from __future__ import annotations
 
 import math
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,6 +287,33 @@ class Generator:
             yield decoder.push(torch.stack(pending, dim=-1))[0]
         if pending or any_frame:
             yield decoder.flush()[0]
+
+
+def as_heard(chunks: Iterable[torch.Tensor], sr: int) -> tuple[torch.Tensor, dict]:
+    """Play a stream of audio chunks as a listener hears it from the moment of the call.
+
+    Each chunk is timed as it arrives; playback starts with the first chunk and a chunk that is
+    not there when the one before has finished playing leaves a gap (a stall). Returns the audio
+    with those silences ``(T,)`` (the wait for the first chunk first) and
+    ``{"first_audio_ms", "stall_ms", "stalls", "audio_s"}``.
+    """
+    t0, arrivals = time.perf_counter(), []
+    for chunk in chunks:
+        arrivals.append((time.perf_counter() - t0, chunk))
+    if not arrivals:
+        return torch.zeros(0), {"first_audio_ms": None, "stall_ms": 0.0, "stalls": 0, "audio_s": 0.0}
+    parts, clock, stall, stalls = [], 0.0, 0.0, 0  # clock: when the audio written so far ends playing (s)
+    for t, chunk in arrivals:
+        if t > clock:  # nothing to play until this chunk arrives
+            parts.append(torch.zeros(round((t - clock) * sr)))
+            if clock > 0:
+                stall, stalls = stall + (t - clock), stalls + 1
+            clock = t
+        parts.append(chunk)
+        clock += chunk.numel() / sr
+    audio_s = sum(c.numel() for _, c in arrivals) / sr
+    return torch.cat(parts), {"first_audio_ms": 1000 * arrivals[0][0], "stall_ms": 1000 * stall,
+                              "stalls": stalls, "audio_s": audio_s}
 
 
 class Conversation:

@@ -6,8 +6,9 @@
     reply = pg.generate("yes I will bring the bags", speaker=1, seed=0)
 
 ``player(audio, sr)`` is an ``ipywidgets.Audio`` (an ``<audio>`` element in the browser, saved
-with the notebook's widget state); ``picker({"name": audio, ...}, sr)`` a row of buttons that
-chooses which one plays.
+with the notebook's widget state); ``picker({"name": audio, ...}, sr)`` a row of buttons (or a
+slider) that chooses which one plays; ``grid_picker({row: {column: audio}}, sr)`` a dropdown and
+buttons choosing one cell of a table of clips. A clip may be a function, computed when first chosen.
 
 The playground builds a conversation turn by turn. A context turn is a line spoken by flite (a
 voice, a pitch and a pace, as the corpus makes them: ``data.synthesize``); a generated turn joins
@@ -41,24 +42,61 @@ def player(audio: torch.Tensor | np.ndarray, sr: int) -> widgets.Audio:
     return widgets.Audio(value=wav_bytes(audio, sr), format="wav", autoplay=False, loop=False)
 
 
-def picker(options: dict[str, torch.Tensor | np.ndarray | Callable[[], torch.Tensor]], sr: int,
-           description: str = "hear") -> widgets.VBox:
-    """Buttons naming each option and one player for the chosen one (an option may be a function
-    computing its audio when first chosen)."""
+Clip = torch.Tensor | np.ndarray | Callable[[], torch.Tensor]  # audio, or a function computing it when first chosen
+
+
+def _lazy_player(sr: int) -> tuple[widgets.Audio, Callable[[Clip, str], None]]:
+    """A player and ``show(clip, key)``: computes each clip once (by ``key``) and plays it."""
     cache: dict[str, bytes] = {}
-    names = list(options)
-    buttons = widgets.ToggleButtons(options=names, description=description)
     audio = widgets.Audio(format="wav", autoplay=False, loop=False)
+    audio.add_class("csm-picked")  # a handle for the browser test (tests/test_browser.py)
 
-    def show(name: str) -> None:
-        if name not in cache:
-            x = options[name]
-            cache[name] = wav_bytes(x() if callable(x) else x, sr)
-        audio.value = cache[name]
+    def show(clip: Clip, key: str) -> None:
+        if key not in cache:
+            cache[key] = wav_bytes(clip() if callable(clip) else clip, sr)
+        audio.value = cache[key]
 
-    buttons.observe(lambda change: show(change["new"]), names="value")
-    show(names[0])
-    return widgets.VBox([buttons, audio])
+    return audio, show
+
+
+def picker(options: dict[str, Clip], sr: int, description: str = "hear", control: str = "buttons") -> widgets.VBox:
+    """One player and a control naming each option (``"buttons"``, or a ``"slider"`` for ordered options)."""
+    names = list(options)
+    if control == "buttons":
+        choice = widgets.ToggleButtons(options=names, description=description)
+    elif control == "slider":
+        choice = widgets.SelectionSlider(options=names, description=description, continuous_update=False,
+                                         layout=widgets.Layout(width="520px"), style={"description_width": "90px"})
+    else:
+        raise ValueError(f"control={control!r}: expected 'buttons' or 'slider'")
+    audio, show = _lazy_player(sr)
+    choice.observe(lambda change: show(options[change["new"]], change["new"]), names="value")
+    show(options[names[0]], names[0])
+    return widgets.VBox([choice, audio])
+
+
+def grid_picker(table: dict[str, dict[str, Clip]], sr: int, row: str = "row", column: str = "hear") -> widgets.VBox:
+    """Choose a row (a dropdown) and a column (buttons) of ``table[row][column]`` and hear that cell.
+
+    A pair of utterances and its versions, a reply and the systems saying it, a table cell and its
+    worst/median/best sample: every row offers the columns of the first row.
+    """
+    rows = list(table)
+    columns = list(table[rows[0]])
+    if any(list(table[r]) != columns for r in rows):
+        raise ValueError(f"every row needs the same columns {columns}")
+    row_choice = widgets.Dropdown(options=rows, description=row, layout=widgets.Layout(width="620px"))
+    column_choice = widgets.ToggleButtons(options=columns, description=column)
+    audio, show = _lazy_player(sr)
+
+    def update(_=None) -> None:
+        r, c = row_choice.value, column_choice.value
+        show(table[r][c], f"{r}\x00{c}")
+
+    row_choice.observe(update, names="value")
+    column_choice.observe(update, names="value")
+    update()
+    return widgets.VBox([row_choice, column_choice, audio])
 
 
 class Playground:

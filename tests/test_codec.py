@@ -124,3 +124,12 @@ def test_reference_codec_streams_real_speech_exactly():
     # test-split mean is 0.65 (results/codec.json); white noise at a speech level scores about 6.5
     assert mel_distance(x[: offline.shape[-1]], offline[0]) < 0.8
     assert meta["provenance"]["commit"] and meta["steps"] > 0
+
+
+def test_swap_keeps_a_s_first_codebooks_and_takes_b_s_others(tiny):
+    a = tiny.encode(torch.randn(1, 5 * 1280) * 0.1)
+    b = tiny.encode(torch.randn(1, 3 * 1280) * 0.1)
+    hybrid = tiny.swap(a, b, keep=1)
+    assert hybrid.shape == (1, 3 * 1280)  # the frames both have
+    assert torch.allclose(hybrid, tiny.decode(torch.cat([a[:, :1, :3], b[:, 1:]], dim=1)))
+    assert torch.allclose(tiny.swap(a, a, keep=1), tiny.decode(a))  # swapping with itself changes nothing

@@ -2,16 +2,26 @@
 
 import dataclasses
 import math
+import time
 
 import pytest
 import torch
 
+from csm_lib import audio as A
 from csm_lib import checkpoint
 from csm_lib import frames as Fr
 from csm_lib.codec import PRESETS as CODEC_PRESETS
 from csm_lib.codec import Codec
 from csm_lib.dataset import fingerprint
-from csm_lib.generate import REFERENCE_CODEC, REFERENCE_MODEL, Generator, Segment, load_generator, trained_speakers
+from csm_lib.generate import (
+    REFERENCE_CODEC,
+    REFERENCE_MODEL,
+    Generator,
+    Segment,
+    as_heard,
+    load_generator,
+    trained_speakers,
+)
 from csm_lib.model import CSM, PRESETS
 from csm_lib.text import N_SPEAKERS, TextTokenizer
 
@@ -215,3 +225,30 @@ def test_frame_helpers():
     assert bf.shape == (2, 4, 3) and not bm[0, 2:].any() and torch.equal(bf[1], f)
     with pytest.raises(ValueError, match=r"\(K, F\)"):
         Fr.audio_frames(codes[None])
+
+
+def test_audio_runs_give_back_each_context_turns_codes(gen):
+    ctx = context()
+    frames, mask = gen.prompt("fine thanks", 0, ctx, max_frames=10)
+    runs = Fr.audio_runs(frames[0], mask[0])
+    codes = [gen.codec.encode(A.normalize_loudness(s.audio)[None])[0] for s in ctx]  # (K, F) per turn
+    assert len(runs) == 2
+    for run, c in zip(runs, codes, strict=True):
+        assert torch.equal(run, c)
+    assert Fr.audio_runs(*gen.text_frames("hello", 0)) == []  # text only: no audio to hear
+
+
+def test_as_heard_puts_the_waits_in_the_audio():
+    def chunks(delays):
+        for d in delays:
+            time.sleep(d)
+            yield torch.ones(800)  # 50 ms at 16 kHz
+
+    audio, info = as_heard(chunks([0.2, 0.0, 0.0]), 16_000)  # a late start, then no stall
+    assert info["stalls"] == 0 and info["audio_s"] == pytest.approx(0.15)
+    assert 195 < info["first_audio_ms"] < 400
+    assert audio[: round(0.19 * 16_000)].abs().max() == 0  # the wait is silence
+    assert audio.sum() == 3 * 800 and abs(audio.numel() - (info["first_audio_ms"] * 16 + 3 * 800)) <= 1
+    audio, info = as_heard(chunks([0.0, 0.25]), 16_000)  # the second chunk comes 200 ms after the first ends
+    assert info["stalls"] == 1 and 150 < info["stall_ms"] < 400
+    assert as_heard(iter([]), 16_000)[1]["first_audio_ms"] is None
