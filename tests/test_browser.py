@@ -5,7 +5,8 @@ what it runs; the tests leave no trace). The test runs every cell of ``12_playgr
 types a line into the playground, presses Generate, and checks the ``<audio>`` element that
 appears: it decodes, it is not silent, its length is the duration the playground reports, and
 it plays. The screenshot goes to ``outputs.figures_dir()`` (a scratch folder under test; ``make
-screenshot`` refreshes the committed ``figures/12_playground.png``).
+screenshot`` refreshes the committed ``figures/12_playground.png``). A second test opens chapter 07,
+runs the cells its clip picker needs, chooses the generated held-out turn and plays it.
 
 ``.ci/run`` installs Debian's ``chromium``; no browser is downloaded. Without chromium (and outside
 CI) the test is skipped; in CI (``CI=true``) a missing browser fails it.
@@ -40,6 +41,8 @@ def lab(tmp_path_factory):
     """JupyterLab on a copy of notebooks/ -> its base URL and token."""
     work = tmp_path_factory.mktemp("lab") / "notebooks"
     shutil.copytree(outputs.REPO / "notebooks", work, ignore=shutil.ignore_patterns("runs", ".ipynb_checkpoints"))
+    (work.parent / "checkpoints").symlink_to(outputs.REPO / "checkpoints")  # ../checkpoints, read only
+    shutil.copytree(outputs.REPO / "results", work.parent / "results")  # ../results, a copy
     port, token = free_port(), secrets.token_hex(16)
     env = {**os.environ, "CSM_PROGRESS": "0",  # CSM_OUTPUT_DIR (a scratch folder under test) is inherited
            "JUPYTER_CONFIG_DIR": str(work.parent / "config"), "JUPYTER_RUNTIME_DIR": str(work.parent / "runtime")}
@@ -98,6 +101,29 @@ def run_all_cells(page, url: str, token: str, notebook: str, timeout_s: float = 
     page.wait_for_function(KERNEL_IDLE, timeout=60_000)
 
 
+def run_cells(page, url: str, token: str, notebook: str, markers: list[str], timeout_s: float = 300) -> None:
+    """Open ``notebook``, clear its outputs, and run, in order, the code cells whose source contains each marker."""
+    page.goto(f"{url}/lab/tree/{notebook}?token={token}")
+    page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')",
+                           timeout=120_000)
+    page.wait_for_function(KERNEL_IDLE, timeout=120_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
+    for marker in markers:
+        index = page.evaluate("""(marker) => {
+            const cells = window.jupyterapp.shell.currentWidget.content.widgets;
+            const hits = cells.map((c, i) => [c, i]).filter(([c]) => c.model.type === 'code'
+                && c.model.sharedModel.getSource().includes(marker));
+            return hits.length === 1 ? hits[0][1] : -hits.length;
+        }""", marker)
+        assert index >= 0, f"{-index} code cells of {notebook} contain {marker!r}; expected one"
+        page.evaluate("""(i) => { const nb = window.jupyterapp.shell.currentWidget.content;
+            nb.activeCellIndex = i; nb.deselectAll();
+            return window.jupyterapp.commands.execute('notebook:run-cell'); }""", index)
+        page.wait_for_function("(i) => window.jupyterapp.shell.currentWidget.content.widgets[i].model.executionCount"
+                               " !== null", arg=index, timeout=timeout_s * 1000)
+        page.wait_for_function(KERNEL_IDLE, timeout=timeout_s * 1000)
+
+
 AUDIO_FACTS = """async (el) => {
     if (!el.duration || isNaN(el.duration)) {
         await new Promise((ok, bad) => { el.onloadedmetadata = ok; el.onerror = bad; setTimeout(ok, 10000); });
@@ -153,5 +179,42 @@ def test_playground_generates_audio_in_the_browser(lab):
         assert facts["peak"] > 0.05 and facts["rms"] > 0.005, facts  # speech, not silence
         assert facts["played_s"] > 0, facts  # the player plays
         page.screenshot(path=str(outputs.figures_dir() / "12_playground.png"))
+        browser.close()
+        assert not errors, errors
+
+
+CHAPTER_07_CELLS = ["from csm_lib.widgets import picker",  # the imports
+                    "model, meta = load_model(CHECKPOINT)",  # the reference model's sidecar
+                    "clips, said = {}, {}",  # a held-out conversation, its turn 3 generated with and without context
+                    "display(picker(clips"]  # the picker
+CHOICE = "test: generated turn 3, with context"
+
+
+def test_chapter_07_picker_plays_a_generated_turn_in_the_browser(lab):
+    from playwright.sync_api import sync_playwright
+
+    url, token = lab
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        run_cells(page, url, token, "07_training.ipynb", CHAPTER_07_CELLS)
+        tracebacks = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                                  ":has-text('Traceback')").all_inner_texts()
+        assert not tracebacks, "\n".join(t[-1500:] for t in tracebacks)
+        player = page.locator("audio.csm-picked").first
+        player.wait_for(state="attached", timeout=60_000)
+        first = player.get_attribute("src")
+        button = page.locator(f".widget-toggle-button:has-text('{CHOICE}')").first
+        button.scroll_into_view_if_needed()
+        button.click()
+        page.wait_for_function("(first) => document.querySelector('audio.csm-picked').src !== first",
+                               arg=first, timeout=60_000)
+        facts = player.evaluate(AUDIO_FACTS)
+        assert facts["decoded_s"] > 0.5 and abs(facts["duration"] - facts["decoded_s"]) < 0.05, facts
+        assert facts["peak"] > 0.05 and facts["rms"] > 0.005, facts  # speech, not silence
+        assert facts["played_s"] > 0, facts
         browser.close()
         assert not errors, errors
