@@ -88,11 +88,19 @@ COUNTS = """() => window.jupyterapp.shell.currentWidget.content.widgets
     .filter(c => c.model.type === 'code').map(c => c.model.executionCount)"""
 
 
+def open_notebook(page, url: str, token: str, notebook: str) -> None:
+    """Open ``notebook`` in a fresh workspace (nothing restored from an earlier test) and wait until it
+    is the current widget."""
+    page.goto(f"{url}/lab/tree/{notebook}?token={token}&reset")
+    page.wait_for_function("(nb) => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                           " return !!w && !!w.context && w.context.path.endsWith(nb)"
+                           " && !!document.querySelector('.jp-Notebook .jp-Cell'); }", arg=notebook,
+                           timeout=120_000)
+
+
 def run_all_cells(page, url: str, token: str, notebook: str, timeout_s: float = 400) -> None:
     """Open ``notebook`` in JupyterLab, clear its outputs, run all its cells, and wait until each has run."""
-    page.goto(f"{url}/lab/tree/{notebook}?token={token}")
-    page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')",
-                           timeout=120_000)
+    open_notebook(page, url, token, notebook)
     page.wait_for_function(KERNEL_IDLE, timeout=120_000)  # the kernel has started
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
     page.wait_for_function(f"() => ({COUNTS})().every(n => n === null)", timeout=30_000)
@@ -103,9 +111,7 @@ def run_all_cells(page, url: str, token: str, notebook: str, timeout_s: float = 
 
 def run_cells(page, url: str, token: str, notebook: str, markers: list[str], timeout_s: float = 300) -> None:
     """Open ``notebook``, clear its outputs, and run, in order, the code cells whose source contains each marker."""
-    page.goto(f"{url}/lab/tree/{notebook}?token={token}")
-    page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')",
-                           timeout=120_000)
+    open_notebook(page, url, token, notebook)
     page.wait_for_function(KERNEL_IDLE, timeout=120_000)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
     for marker in markers:
