@@ -10,7 +10,7 @@ NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_san
 
 .PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs budget-gpu results workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
-	baselines bench-latency serve bench-serve screenshot
+	baselines bench-latency serve bench-serve screenshot quality-judges
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -163,6 +163,12 @@ serve: setup
 ## (TTFB, RTF, throughput), server memory over 500 requests, codec chunk cost, 1 worker x 2 threads (about 5 min)
 bench-serve: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench serve
+
+## quality-judges: chapter 10's judges validated (csm_lib/quality.py) -> results/quality_validation.json: thresholds
+## fitted on 80 valid-split turns, then ground truth, codec resynthesis and six broken controls scored on 120 held-out
+## test turns of the reference corpus (needs the corpus of `make model`; about 30 min)
+quality-judges: setup flite
+	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.quality validate --turns=120 --calibration_turns=80
 
 ## screenshot: the browser test (JupyterLab + chromium) writing figures/12_playground.png (needs chromium)
 screenshot: setup

@@ -53,6 +53,7 @@ from csm_lib.dataset import fingerprint
 from csm_lib.inference import FastCSM
 from csm_lib.model import CSM, CSMConfig
 from csm_lib.outputs import REPO
+from csm_lib.seed_model import SeedCSM
 from csm_lib.text import N_SPEAKERS, AnyTokenizer, load_tokenizer
 
 REFERENCE_MODEL = REPO / "checkpoints" / "csm_reference.safetensors"  # from the repository root: the
@@ -106,11 +107,13 @@ class Generator:
         self.n_speakers, self.trained_len = n_speakers, trained_len
         self.sample_rate = codec.cfg.sample_rate
         self.frame_ms = 1000 / codec.cfg.frame_rate  # 80 ms
-        self.fast = FastCSM(self.model)  # the fast path (inference.py): a snapshot of the weights
+        # the fast path (inference.py): a snapshot of the weights; the seed's variants have none (seed_model.py)
+        self.fast = None if isinstance(model, SeedCSM) else FastCSM(self.model)
 
     def refresh(self) -> None:
         """Rebuild the fast path from the model's current weights (after training it further)."""
-        self.fast = FastCSM(self.model, self.fast.attention)
+        if self.fast is not None:
+            self.fast = FastCSM(self.model, self.fast.attention)
 
     # --- the prompt ---------------------------------------------------------------------------
     def _check_turn(self, text: str, speaker: int) -> None:
@@ -229,6 +232,9 @@ class Generator:
         self._check_sampling(max_audio_length_ms, temperature, topk)
         max_frames = int(max_audio_length_ms // self.frame_ms)
         frames, mask = self.prompt(text, speaker, list(context or []), max_frames)
+        if self.fast is None:  # a SeedCSM: the whole sequence again for every frame
+            yield from self.model.frames(frames, mask, max_frames, temperature, topk, seed, stop_at_end)
+            return
         cache = self.fast.new_cache(1, frames.shape[1] + max_frames)
         h = self.fast.prefill(frames.to(cache.k.device), mask.to(cache.k.device), cache)
         yield from self.continue_frames(h, cache, max_frames, temperature, topk, seed, stop_at_end)
@@ -334,6 +340,9 @@ class Conversation:
     """
 
     def __init__(self, gen: Generator):
+        if gen.fast is None:
+            raise ValueError("a Conversation keeps the fast path's KV cache; the seed's variants (SeedCSM) have "
+                             "none: use Generator.frames with the earlier turns as context")
         self.gen = gen
         self.window = gen.model.cfg.backbone.max_seq_len
         self.cache = gen.fast.new_cache(1, self.window)
@@ -442,7 +451,8 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[CSM, dict]:
     c["backbone"], c["decoder"] = (TransformerConfig(**{**c[k], "rope_scaling": tuple(c[k]["rope_scaling"])
                                                          if c[k].get("rope_scaling") else None})
                                    for k in ("backbone", "decoder"))
-    model = CSM(CSMConfig(**c))
+    variant = (meta.get("train") or {}).get("variant")
+    model = SeedCSM(CSMConfig(**c), variant) if variant else CSM(CSMConfig(**c))
     if any(k.startswith("model.") for k in state):  # a training state: weights and optimizer moments
         state = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
     model.load_state_dict({k: v.float() for k, v in state.items()})

@@ -129,6 +129,10 @@ class CSM(nn.Module):
         """How many of ``n_audio`` target frames train the audio decoder (compute amortization)."""
         return max(1, round((self.cfg.decoder_fraction if fraction is None else fraction) * n_audio))
 
+    def hidden(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The backbone over a whole sequence's embeddings ``x`` (B, S, D) -> (B, S, D); ``mask`` (B, S, K+1)."""
+        return self.backbone(x, padding_mask=mask.any(-1))
+
     def forward(self, frames: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
                 decoder_fraction: float | None = None) -> dict:
         """Losses for a batch of sequences.
@@ -144,7 +148,7 @@ class CSM(nn.Module):
         if self.training and self.cfg.audio_dropout > 0:
             is_audio = mask[..., :K].all(-1, keepdim=True)  # (B, S, 1)
             x = torch.where(is_audio, F.dropout(x, self.cfg.audio_dropout, training=True), x)
-        h = self.backbone(x, padding_mask=mask.any(-1))  # (B, S, D)
+        h = self.hidden(x, mask)  # (B, S, D)
         target = self.audio_targets(mask)  # (B, S-1)
         h_prev, codes = h[:, :-1][target], frames[:, 1:, :K][target]  # (N, D), (N, K)
         if len(codes) == 0:
@@ -171,6 +175,13 @@ class CSM(nn.Module):
         per frame). ``temperature=0`` is greedy decoding.
         """
         h = self.backbone(self.embed_frames(frames, mask), cache=cache)[:, -1]  # (B, D)
+        return self.sample_frame(h, temperature, topk, generator)
+
+    @torch.no_grad()
+    def sample_frame(self, h: torch.Tensor, temperature: float = 0.9, topk: int = 50,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """A frame's K codes ``(B, K)`` from the backbone's last state ``h`` (B, D): codebook 0 from the
+        head, codebooks 1..K-1 from the audio decoder."""
         codes = [sample_topk(self.codebook0_head(h), temperature, topk, generator)]
         dec_cache = KVCache(self.cfg.decoder, h.shape[0], max_len=self.cfg.n_codebooks,
                             dtype=h.dtype, device=h.device)

@@ -51,6 +51,7 @@ from csm_lib.dataset import ConversationWindows, fingerprint, split_windows
 from csm_lib.generate import load_codec, tokenizer_path
 from csm_lib.model import CSM, PRESETS
 from csm_lib.progress import progress
+from csm_lib.seed_model import VARIANTS, SeedCSM
 from csm_lib.text import TEXT_INPUTS, corpus_tokenizer
 from csm_lib.train_codec import lr_at, parse_overrides
 
@@ -79,6 +80,7 @@ class TrainConfig:
     fused_adam: bool = False  # CUDA's fused AdamW: no parameter-sized temporaries in the step (budget.py)
     decoder_fraction: float = 1 / 16
     audio_dropout: float = 0.0  # model.CSMConfig.audio_dropout
+    variant: str = ""  # "" (CSM) or one of the seed's ideas wired into it: cross_modal | memory (seed_model.py)
     eval_every: int = 250
     eval_batches: int = 4
     judge_turns: int = 0  # > 0: each evaluation also judges this many generated valid turns (train(cfg, judge=...))
@@ -100,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         if self.text_input not in TEXT_INPUTS:
             raise ValueError(f"text_input must be one of {TEXT_INPUTS}, got {self.text_input!r}")
+        if self.variant and self.variant not in VARIANTS:
+            raise ValueError(f"variant must be '' (plain CSM) or one of {VARIANTS}, got {self.variant!r}")
         if self.resume and self.init:
             raise ValueError("resume (from runs/<out>/latest) and init (from a finished model) exclude each other")
         if self.batch < 1 or self.accum < 1 or self.batch % self.accum:
@@ -331,7 +335,7 @@ def train(cfg: TrainConfig, judge: Callable[[CSM, dict], dict] | None = None) ->
     train_w, valid_w, mcfg, info = load_data(cfg)
     tokenizer = info.pop("tokenizer")
     torch.manual_seed(cfg.seed)
-    raw = CSM(mcfg).to(device)
+    raw = (SeedCSM(mcfg, cfg.variant) if cfg.variant else CSM(mcfg)).to(device)
     raw.backbone.gradient_checkpointing = cfg.checkpointing
     opt = make_optimizer(raw, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None

@@ -16,6 +16,7 @@ from csm_lib.dataset import fingerprint
 from csm_lib.generate import (
     REFERENCE_CODEC,
     REFERENCE_MODEL,
+    Conversation,
     Generator,
     Segment,
     as_heard,
@@ -23,6 +24,7 @@ from csm_lib.generate import (
     trained_speakers,
 )
 from csm_lib.model import CSM, PRESETS
+from csm_lib.seed_model import SeedCSM
 from csm_lib.text import N_SPEAKERS, TextTokenizer
 
 TEXTS = ["hello there", "how are you today", "fine thanks and you", "the weather is nice"]
@@ -252,3 +254,23 @@ def test_as_heard_puts_the_waits_in_the_audio():
     audio, info = as_heard(chunks([0.0, 0.25]), 16_000)  # the second chunk comes 200 ms after the first ends
     assert info["stalls"] == 1 and 150 < info["stall_ms"] < 400
     assert as_heard(iter([]), 16_000)[1]["first_audio_ms"] is None
+
+
+def test_a_seed_variant_loads_and_generates_through_the_generator(gen, tmp_path):
+    torch.manual_seed(0)
+    variant = SeedCSM(gen.model.cfg, "memory").eval()
+    codec_path = checkpoint.save(tmp_path / "codec", gen.codec.state_dict(),
+                                 {"kind": "codec", "config": dataclasses.asdict(gen.codec.cfg)})
+    meta = {"kind": "csm", "config": dataclasses.asdict(gen.model.cfg),
+            "data": {"codec": "codec.safetensors", "codec_fingerprint": fingerprint(codec_path), "n_speakers": 2},
+            "train": {"max_len": 128, "variant": "memory"}}
+    model_path = checkpoint.save(tmp_path / "model", variant.state_dict(), meta)
+    gen.tokenizer.save(tmp_path / "model.tokenizer.json")
+    loaded = load_generator(model_path, codec_path)
+    assert isinstance(loaded.model, SeedCSM) and loaded.fast is None
+    frames, mask = loaded.prompt("fine thanks", 0, context(), max_frames=3)
+    direct = list(variant.frames(frames, mask, 3, temperature=0.9, topk=20, seed=3))
+    assert torch.equal(torch.cat(list(loaded.frames("fine thanks", 0, context(), 240, 0.9, 20, seed=3))),
+                       torch.cat(direct))
+    with pytest.raises(ValueError, match="have none"):
+        Conversation(loaded)
