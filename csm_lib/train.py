@@ -70,6 +70,7 @@ class TrainConfig:
     accum: int = 1  # micro-batches per step (gradient accumulation)
     steps: int = 2000
     minutes: float = 0.0  # > 0: stop (and save) after this much training time
+    stop_step: int = 0  # > 0: stop (and save) after this step; the learning-rate schedule still runs to `steps`
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.1
@@ -241,13 +242,18 @@ def resolve_start(cfg: TrainConfig) -> TrainConfig:
 
 
 def init_from(path: str | Path, model: CSM) -> tuple[int, list[dict], list[dict]]:
-    """Load a finished model's weights into ``model``: returns its (steps, log rows, evaluations)."""
+    """Load a finished model's weights into ``model``: returns its (steps, log rows, evaluations).
+
+    A ``SeedCSM`` may start from a plain CSM: its seed layer (``cross_modal.*`` or ``memory.*``)
+    keeps its fresh initialisation."""
     tensors, meta = checkpoint.load(Path(path).with_suffix(""))
-    missing = set(model.state_dict()) ^ set(tensors)
-    if missing or any(tensors[k].shape != v.shape for k, v in model.state_dict().items()):
+    own = model.state_dict()
+    fresh = {k for k in own if isinstance(model, SeedCSM) and k.split(".")[0] in VARIANTS and k not in tensors}
+    missing = (set(own) ^ set(tensors)) - fresh
+    if missing or any(tensors[k].shape != v.shape for k, v in own.items() if k not in fresh):
         raise ValueError(f"{path} does not fit this model (preset, codec or text input differ): "
                          f"{sorted(missing)[:5] or 'tensor shapes differ'}")
-    model.load_state_dict(tensors)
+    model.load_state_dict(tensors, strict=not fresh)
     return meta["steps"], meta.get("history", []), meta.get("evals", [])
 
 
@@ -373,7 +379,7 @@ def train(cfg: TrainConfig, judge: Callable[[CSM, dict], dict] | None = None) ->
             with log_path.open("a", newline="") as f:
                 csv.DictWriter(f, LOG_FIELDS).writerow(row)
         done = step + 1
-        stop = cfg.minutes > 0 and wall > cfg.minutes * 60
+        stop = (cfg.minutes > 0 and wall > cfg.minutes * 60) or 0 < cfg.stop_step <= done
         if rank == 0 and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps or stop):
             judged = judge(raw, asdict(cfg)) if cfg.judge_turns else {}
             evals.append({"step": done} | evaluate(raw, valid_w, cfg, device) | judged)

@@ -6,10 +6,11 @@ import dataclasses
 import pytest
 import torch
 
+from csm_lib import checkpoint
 from csm_lib import frames as Fr
-from csm_lib.model import PRESETS
+from csm_lib.model import CSM, PRESETS
 from csm_lib.seed_model import VARIANTS, SeedCSM, turn_ids
-from csm_lib.train import TrainConfig
+from csm_lib.train import TrainConfig, init_from
 
 CFG = dataclasses.replace(PRESETS["tiny"], text_vocab_size=40)
 K, V = CFG.n_codebooks, CFG.audio_vocab_size
@@ -88,3 +89,17 @@ def test_bad_variants_are_refused():
         TrainConfig(variant="telepathy")
     with pytest.raises(ValueError, match="layer must be in"):
         SeedCSM(CFG, "memory", layer=CFG.backbone.n_layers)
+
+
+def test_a_variant_starts_from_a_trained_plain_csm(tmp_path):
+    torch.manual_seed(0)
+    plain = CSM(CFG)
+    checkpoint.save(tmp_path / "model", plain.state_dict(), {"kind": "csm", "steps": 7})
+    variant = SeedCSM(CFG, "cross_modal")
+    fresh = {k: v.clone() for k, v in variant.state_dict().items() if k.startswith("cross_modal.")}
+    steps, _, _ = init_from(tmp_path / "model.safetensors", variant)
+    assert steps == 7 and fresh
+    assert all(torch.equal(v, variant.state_dict()[k]) for k, v in plain.state_dict().items())
+    assert all(torch.equal(v, variant.state_dict()[k]) for k, v in fresh.items())  # the seed layer: as built
+    with pytest.raises(ValueError, match="does not fit"):
+        init_from(tmp_path / "model.safetensors", SeedCSM(dataclasses.replace(CFG, text_vocab_size=41), "memory"))
