@@ -165,10 +165,10 @@ bench-serve: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench serve
 
 ## quality-judges: chapter 10's judges validated (csm_lib/quality.py) -> results/quality_validation.json: thresholds
-## fitted on 80 valid-split turns, then ground truth, codec resynthesis and six broken controls scored on 120 held-out
-## test turns of the reference corpus (needs the corpus of `make model`; about 30 min)
+## fitted on 80 valid-split turns, then ground truth, codec resynthesis and six broken controls scored on 100 held-out
+## test turns of the reference corpus (needs the corpus of `make model`; about 25 min)
 quality-judges: setup flite
-	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.quality validate --turns=120 --calibration_turns=80
+	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.quality validate --turns=100 --calibration_turns=80
 
 ## screenshot: the browser test (JupyterLab + chromium) writing figures/12_playground.png (needs chromium)
 screenshot: setup

@@ -79,7 +79,8 @@ def pitch_track(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """pYIN over 10 ms frames of 16 kHz audio -> (f0 Hz with NaN where unvoiced, voiced flags)."""
     import librosa
 
-    f0, voiced, _ = librosa.pyin(x, fmin=50.0, fmax=400.0, sr=SR, frame_length=1024, hop_length=160)
+    f0, voiced, _ = librosa.pyin(x, fmin=50.0, fmax=400.0, sr=SR, frame_length=1024, hop_length=160,
+                                 n_thresholds=50)
     return np.where(voiced, f0, np.nan), voiced
 
 
@@ -118,7 +119,7 @@ def features(audio: torch.Tensor, sr: int, text: str, asr: bool = True) -> dict:
         if min(len(h) for h in halves) >= SR // 4 else float("nan"),
         "style": style_vector(p),
         "voiced_share": float(voiced[in_speech].mean()) if in_speech.any() else 0.0,
-        "f0_jump_st": float(np.median(jumps)) if len(jumps) >= 5 else float("nan"),
+        "f0_jump_st": float(np.mean(jumps)) if len(jumps) >= 5 else float("nan"),
         "f0_rel_range": p["f0_std"] / p["f0_mean"] if len(f) >= 5 else float("nan"),
         "rate": p["rate"],
         "longest_pause_s": max(pauses, default=0.0),
@@ -284,6 +285,7 @@ def control_audio(name: str, t: Target, codec, seed: int = 0) -> torch.Tensor:
     raise ValueError(f"unknown control {name!r}; expected one of {list(CONTROLS)}")
 
 
+TRANSCRIBED = ("ground_truth", "codec_resynthesis")  # validation transcribes these only (the judges' WER floor)
 CONTROLS = {  # control -> the scores it is built to break (ground truth and codec resynthesis break none)
     "ground_truth": (),
     "codec_resynthesis": (),
@@ -307,9 +309,12 @@ def summarize(turns: list[dict]) -> dict:
         v = np.array([t[key] for t in turns], dtype=float)
         out[key] = round(float(np.nanmean(v)), 4) if np.isfinite(v).any() else None
         out[f"{key}_ci95"] = metrics.bootstrap_ci(lambda i, v=v: np.nanmean(v[i]), n)
-    edits, words = np.array([metrics.word_errors(t["text"], t["hyp"] or "") for t in turns]).T
-    out["wer"] = round(float(edits.sum() / words.sum()), 4)
-    out["wer_ci95"] = metrics.bootstrap_ci(lambda i: edits[i].sum() / words[i].sum(), n)
+    if all(t["hyp"] is not None for t in turns):  # not transcribed: no WER
+        edits, words = np.array([metrics.word_errors(t["text"], t["hyp"]) for t in turns]).T
+        out["wer"] = round(float(edits.sum() / words.sum()), 4)
+        out["wer_ci95"] = metrics.bootstrap_ci(lambda i: edits[i].sum() / words[i].sum(), n)
+    else:
+        out["wer"], out["wer_ci95"] = None, None
     ended = np.array([t["ended"] for t in turns], dtype=float)
     out["ended"] = round(float(ended.mean()), 4)
     out["ended_ci95"] = metrics.bootstrap_ci(lambda i: ended[i].mean(), n)
@@ -320,12 +325,13 @@ def summarize(turns: list[dict]) -> dict:
 
 
 def judge_system(judge: Judge, ts: list[Target], speak: Callable[[Target], tuple[torch.Tensor, int, bool]],
-                 desc: str) -> list[dict]:
-    """Judge one system (or control): ``speak(target) -> (audio, sr, ended)`` for every target."""
+                 desc: str, asr: bool = True) -> list[dict]:
+    """Judge one system (or control): ``speak(target) -> (audio, sr, ended)`` for every target
+    (``asr=False``: no transcript, no WER; the five scores do not need one)."""
     out = []
     for t in progress(ts, desc=desc, unit="turn"):
         audio, sr, ended = speak(t)
-        f = features(audio, sr, t.row["text"], asr=True)
+        f = features(audio, sr, t.row["text"], asr=asr)
         out.append(turn_scores(f, judge.references(t), judge.cal, ended)
                    | {"turn": f"{t.row['conversation']}/{t.row['turn']}", "text": t.row["text"], "hyp": f["hyp"],
                       "seconds": f["seconds"], "gt_seconds": t.row["duration"], "ended": ended})
@@ -348,7 +354,8 @@ def validate(folder: Path, codec, n_turns: int = 120, n_calibration: int = 80, s
     ts = targets(data.load_manifest(folder, "test"), n_turns, seed)
     results = {}
     for name in CONTROLS:
-        turns = judge_system(judge, ts, lambda t, name=name: (control_audio(name, t, codec, seed), SR, True), name)
+        turns = judge_system(judge, ts, lambda t, name=name: (control_audio(name, t, codec, seed), SR, True), name,
+                             asr=name in TRANSCRIBED)
         results[name] = {"summary": summarize(turns), "turns": turns}
     gt = results["ground_truth"]["summary"]
     checks = {f"{name}:{score}": {"ground_truth": gt[score], "control": results[name]["summary"][score],
@@ -397,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="The quality table's judges: validate them on broken controls.")
     sub = p.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate", help="write results/quality_validation.json")
-    v.add_argument("--turns", type=int, default=120)
+    v.add_argument("--turns", type=int, default=100)
     v.add_argument("--calibration_turns", type=int, default=80)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", default=str(RESULTS / "quality_validation.json"))
