@@ -10,7 +10,7 @@ NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_san
 
 .PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs budget-gpu results workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
-	baselines bench-latency serve bench-serve screenshot quality-judges
+	baselines bench-latency serve bench-serve screenshot quality-judges seed-variants
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -82,6 +82,22 @@ model: setup
 	cp runs/reference/model.safetensors checkpoints/csm_reference.safetensors
 	cp runs/reference/model.json checkpoints/csm_reference.json
 	cp runs/reference/model.tokenizer.json checkpoints/csm_reference.tokenizer.json
+
+## seed-variants: the seed's dual memory bank and cross-modal attention trained inside CSM (csm_lib/seed_model.py), and
+## the plain CSM beside them at equal compute: each starts from checkpoints/csm_reference and trains VARIANT_STEPS more
+## steps of the reference recipe (same windows, same schedule; warm-up 50) -> checkpoints/csm_{plain,memory,cross_modal}
+## (bf16 copies). One variant at a time (~10 min each); a finished one is skipped: delete its checkpoint to rebuild it.
+VARIANT_STEPS ?= 300
+seed-variants: setup
+	ref=$$($(PY) -c "import json; print(json.load(open('checkpoints/csm_reference.json'))['steps'])"); \
+	for v in plain memory cross_modal; do \
+	  if [ -e checkpoints/csm_$$v.json ]; then echo "checkpoints/csm_$$v exists"; continue; fi; \
+	  rm -rf runs/variant_$$v; \
+	  OMP_NUM_THREADS=2 $(PY) -m csm_lib.train $(MODEL_RECIPE) --text_input=phones --warmup=50 --eval_every=100 \
+	    --variant=$$([ $$v = plain ] || echo $$v) --init=checkpoints/csm_reference.safetensors \
+	    --stop_step=$$((ref + $(VARIANT_STEPS))) --out=runs/variant_$$v; \
+	  $(PY) -m csm_lib.checkpoint runs/variant_$$v/model.safetensors checkpoints/csm_$$v.safetensors bf16; \
+	done
 
 ## model-eval: judge the reference CSM on held-out sentences (test split: 40 turns) and on the unseen-word split
 ## (30 turns), with and without context -> results/reference_model.json; reference_model_probe.json (about 20 min)

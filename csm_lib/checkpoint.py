@@ -114,3 +114,18 @@ def provenance(module: str, device: str | torch.device) -> dict:
     return {"command": " ".join(["python -m", module, *sys.argv[1:]]),
             "commit": git_commit(), "device": device_name(device), "torch": torch.__version__,
             "python": platform.python_version()}
+
+
+def copy(src: str | Path, dst: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Copy checkpoint ``src`` (and its sidecar, and a tokenizer beside it) to ``dst``, floats cast to ``dtype``."""
+    tensors, meta = load(src)
+    out = save(dst, tensors, meta | ({"stored_dtype": str(dtype).removeprefix("torch.")} if dtype else {}), dtype)
+    tok = Path(src).with_suffix(".tokenizer.json")
+    if tok.exists():
+        atomic_write(out.with_suffix(".tokenizer.json"), lambda tmp: Path(tmp).write_text(tok.read_text()))
+    return out
+
+
+if __name__ == "__main__":  # python -m csm_lib.checkpoint SRC DST [bf16]: a copy (used by `make seed-variants`)
+    copy(sys.argv[1], sys.argv[2], {"bf16": torch.bfloat16, "fp16": torch.float16}.get(sys.argv[3])
+         if len(sys.argv) > 3 else None)
