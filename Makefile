@@ -10,7 +10,7 @@ NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_san
 
 .PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs budget-gpu results workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
-	baselines bench-latency serve bench-serve screenshot quality-judges seed-variants
+	baselines bench-latency serve bench-serve screenshot quality-judges seed-variants bench-quality
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -185,6 +185,13 @@ bench-serve: setup
 ## test turns of the reference corpus (needs the corpus of `make model`; about 25 min)
 quality-judges: setup flite
 	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.quality validate --turns=100 --calibration_turns=80
+
+## bench-quality: chapter 10's table (csm_lib/bench_quality.py) -> results/quality_table.json and results/quality_samples/:
+## ground truth, CSM with and without context, the seed variants (`make seed-variants`) and chapter 09's baselines
+## (`make baselines`) on 100 held-out test turns x 2 sampling seeds. Long (about 1.5 h on 2 cores); resumable: each
+## system's judged turns are cached in data/quality_cache/ (delete it to start afresh)
+bench-quality: setup flite
+	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.bench_quality
 
 ## screenshot: the browser test (JupyterLab + chromium) writing figures/12_playground.png (needs chromium)
 screenshot: setup

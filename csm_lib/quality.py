@@ -179,20 +179,24 @@ def turn_scores(f: dict, ref: dict, cal: Calibration, ended: bool = True) -> dic
     ``own_style`` and ``decoy_styles`` (the same voice in other conversations).
     """
     if f["empty"]:
-        return dict.fromkeys(SCORES, 0.0) | {"sim": 0.0, "style_error": float("nan")}
+        return dict.fromkeys(SCORES, 0.0) | {"sim": 0.0, "style_error": float("nan"), "cc_margin": -1.0,
+                                             "natural_features": 0, "fluency_checks": 0, "half_sim": float("nan")}
     own = metrics.similarity(f["embedding"], ref["own_embedding"])
     other = metrics.similarity(f["embedding"], ref["other_embedding"])
     d_own = style_distance(f["style"], ref["own_style"], cal.style_spread)
     beats = [d_own < style_distance(f["style"], d, cal.style_spread) for d in ref["decoy_styles"]]
-    natural = all(np.isfinite(f[k]) and lo <= f[k] <= hi for k, (lo, hi) in cal.pn_ranges.items())
-    fluent = (ended and f["lead_s"] <= cal.lead_max_s and f["longest_pause_s"] <= cal.pause_max_s
-              and f["end_db"] <= cal.end_db_max)
+    in_range = [bool(np.isfinite(f[k]) and lo <= f[k] <= hi) for k, (lo, hi) in cal.pn_ranges.items()]
+    fluency = [ended, f["lead_s"] <= cal.lead_max_s, f["longest_pause_s"] <= cal.pause_max_s,
+               f["end_db"] <= cal.end_db_max]
     return {"character_consistency": float(own > other),
             "emotional_coherence": float(np.mean(beats)) if np.isfinite(d_own) and beats else 0.0,
-            "prosodic_naturalness": float(natural),
-            "turn_taking_fluency": float(fluent),
+            "prosodic_naturalness": float(all(in_range)),
+            "turn_taking_fluency": float(all(fluency)),
             "voice_consistency": float(np.isfinite(f["half_sim"]) and f["half_sim"] >= cal.half_sim_min),
-            "sim": own, "style_error": d_own}
+            "sim": own, "style_error": d_own,
+            # how far each check passed or failed, to rank samples (worst, median, best)
+            "cc_margin": own - other, "natural_features": sum(in_range), "fluency_checks": sum(fluency),
+            "half_sim": f["half_sim"]}
 
 
 # ----------------------------------------------------------------------------- held-out turns and references
@@ -301,26 +305,36 @@ CONTROLS = {  # control -> the scores it is built to break (ground truth and cod
 # ----------------------------------------------------------------------------- summaries
 
 def summarize(turns: list[dict]) -> dict:
-    """Per-turn records (``turn_scores`` + ``text``, ``hyp``, ``seconds``, ``gt_seconds``, ``ended``) ->
-    each score, WER, SIM, style error, endings and duration ratio with bootstrap 95% intervals and n."""
-    n = len(turns)
-    out: dict = {"n": n}
+    """Per-turn records (``turn_scores`` + ``turn``, ``text``, ``hyp``, ``seconds``, ``gt_seconds``, ``ended``) ->
+    each score, WER, SIM, style error, endings and duration ratio with bootstrap 95% intervals and n.
+
+    Records of the same ``turn`` (several sampling seeds) are resampled together: the intervals are
+    over held-out turns, not over samples."""
+    groups: dict[str, list[int]] = {}  # the samples of each held-out turn (one per sampling seed)
+    for i, t in enumerate(turns):
+        groups.setdefault(t.get("turn", str(i)), []).append(i)
+    rows = list(groups.values())
+
+    def ci(stat) -> list[float]:  # resample turns, each with all its samples
+        return metrics.bootstrap_ci(lambda g: stat(np.concatenate([rows[j] for j in g])), len(rows))
+
+    out: dict = {"n": len(turns), "n_turns": len(rows)}
     for key in (*SCORES, "sim", "style_error"):
         v = np.array([t[key] for t in turns], dtype=float)
         out[key] = round(float(np.nanmean(v)), 4) if np.isfinite(v).any() else None
-        out[f"{key}_ci95"] = metrics.bootstrap_ci(lambda i, v=v: np.nanmean(v[i]), n)
+        out[f"{key}_ci95"] = ci(lambda i, v=v: np.nanmean(v[i]))
     if all(t["hyp"] is not None for t in turns):  # not transcribed: no WER
         edits, words = np.array([metrics.word_errors(t["text"], t["hyp"]) for t in turns]).T
         out["wer"] = round(float(edits.sum() / words.sum()), 4)
-        out["wer_ci95"] = metrics.bootstrap_ci(lambda i: edits[i].sum() / words[i].sum(), n)
+        out["wer_ci95"] = ci(lambda i: edits[i].sum() / words[i].sum())
     else:
         out["wer"], out["wer_ci95"] = None, None
     ended = np.array([t["ended"] for t in turns], dtype=float)
     out["ended"] = round(float(ended.mean()), 4)
-    out["ended_ci95"] = metrics.bootstrap_ci(lambda i: ended[i].mean(), n)
+    out["ended_ci95"] = ci(lambda i: ended[i].mean())
     ratio = np.array([t["seconds"] / t["gt_seconds"] for t in turns])
     out["duration_ratio_median"] = round(float(np.median(ratio)), 4)
-    out["duration_ratio_ci95"] = metrics.bootstrap_ci(lambda i: np.median(ratio[i]), n)
+    out["duration_ratio_ci95"] = ci(lambda i: np.median(ratio[i]))
     return out
 
 
