@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from csm_lib.quality import SEED_SCORES
 from csm_lib.train import total_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +111,8 @@ OLD = "results/reference_model_40h_templates.json"
 INF = "results/inference.json"
 LAT = "results/latency_table.json"
 SRV = "results/serving.json"
+QV = "results/quality_validation.json"
+QROW = "| the seed's five scores as checks on"
 
 
 def ttfa(n: int, chunk: int, state: str, key: str):
@@ -146,6 +149,26 @@ RTX_BIG = ["cost_model", "paper_422m", "gpu", "RTX 4090 (consumer GPU)"]
 
 # (README row label, source file, key, format)
 ENTRIES = [
+    (QROW, QV, ["n_turns"], "on {} held-out"),
+    (QROW, QV, ["calibration", "n"], "from {} valid"),
+    (QROW, QV, lambda d: len(d["checks"]), "in all {} checks"),
+    (QROW, QV, lambda d: all(c["separated"] for c in d["checks"].values()),
+     lambda ok: "apart in all" if ok else "some intervals overlap"),
+    *[("| the five quality scores (Character Consistency", None, lambda k=k: SEED_SCORES[k], f"{name} {{}}")
+      for k, name in (("character_consistency", "Character Consistency"),
+                      ("emotional_coherence", "Emotional Coherence"),
+                      ("prosodic_naturalness", "Prosodic Naturalness"),
+                      ("turn_taking_fluency", "Turn-taking Fluency"), ("voice_consistency", "Voice Consistency"))],
+    (QROW, QV, ["summaries", "ground_truth", "character_consistency"], "consistency {:.2f} vs"),
+    (QROW, QV, ["summaries", "wrong_speaker", "character_consistency"], "vs {:.2f} (wrong speaker)"),
+    (QROW, QV, ["summaries", "ground_truth", "emotional_coherence"], "coherence {:.2f} vs"),
+    (QROW, QV, ["summaries", "other_style", "emotional_coherence"], "vs {:.2f} (another"),
+    (QROW, QV, ["summaries", "ground_truth", "prosodic_naturalness"], "naturalness {:.2f} vs"),
+    (QROW, QV, ["summaries", "shuffled_frames", "prosodic_naturalness"], "vs {:.2f} (shuffled"),
+    (QROW, QV, ["summaries", "ground_truth", "turn_taking_fluency"], "fluency {:.2f} vs"),
+    (QROW, QV, ["summaries", "truncated", "turn_taking_fluency"], "vs {:.2f} (cut off)"),
+    (QROW, QV, ["summaries", "ground_truth", "voice_consistency"], "voice consistency {:.2f} vs"),
+    (QROW, QV, ["summaries", "spliced_voices", "voice_consistency"], "vs {:.2f} (two voices"),
     ("| serving over HTTP (`make serve`", SRV, ["server", "workers"], ": {} worker processes"),
     ("| serving over HTTP (`make serve`", SRV, ["server", "threads"], "processes of {} thread"),
     ("| serving over HTTP (`make serve`", SRV, ["levels", "1", "requests"], "one client ({} requests)"),
