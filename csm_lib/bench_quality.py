@@ -16,7 +16,7 @@ Systems:
 Each CSM-like system gets up to twice the ground truth's duration (at least 3 s) and ``ended``
 records whether it stopped by itself before that. Sampling: temperature 0.9, top-k 50, seeds 0 and
 1 (per turn ``1000 * seed + index``). A system's judged turns are cached in
-``data/quality_cache/<system>-s<seed>.json``, so a killed ``make bench-quality`` goes on where it
+``data/quality_cache/<system>-n<turns>-s<seed>.json``, so a killed ``make bench-quality`` goes on where it
 stopped. For listening, each system's worst, median and best sample per column are saved as
 Ogg Vorbis under ``results/quality_samples/`` (lossy, small; what was judged is the float audio).
 """
@@ -100,10 +100,12 @@ def make_speaker(name: str) -> Speaker | None:
     return baseline_speaker(name, load_generator(REFERENCE_MODEL, REFERENCE_CODEC), models)
 
 
-def save_samples(name: str, records: list[dict], audio: dict[str, torch.Tensor], sr: int) -> dict:
-    """Worst, median and best sample of each column (``RANK_BY``) -> ``{column: {which: file}}``, files written."""
+def save_samples(name: str, records: list[dict], audio: dict[str, torch.Tensor], sr: int,
+                 samples: Path = SAMPLES) -> dict:
+    """Worst, median and best sample of each column (``RANK_BY``) -> ``{column: {which: file}}``, files written
+    under ``samples/<name>/`` (paths relative to ``samples``' parent)."""
     picks: dict[str, dict[str, str]] = {}
-    folder = SAMPLES / name
+    folder = samples / name
     folder.mkdir(parents=True, exist_ok=True)
     for column, key in RANK_BY.items():
         ranked = sorted((r for r in records if np.isfinite(r[key])), key=lambda r: r[key])
@@ -116,13 +118,14 @@ def save_samples(name: str, records: list[dict], audio: dict[str, torch.Tensor],
                 x = audio[r["sample"]].numpy() if audio[r["sample"]].numel() else np.zeros(sr // 10, dtype=np.float32)
                 sf.write(file, A.resample(torch.as_tensor(x), sr, 16_000).numpy(), 16_000, format="OGG",
                          subtype="VORBIS")
-            picks[column][which] = str(file.relative_to(RESULTS))
+            picks[column][which] = str(file.relative_to(samples.parent))
     return picks
 
 
-def run_system(name: str, speak: Speaker, judge: quality.Judge, ts: list[quality.Target], seed: int) -> dict:
+def run_system(name: str, speak: Speaker, judge: quality.Judge, ts: list[quality.Target], seed: int,
+               cache_dir: Path = CACHE, samples: Path = SAMPLES) -> dict:
     """Judge one system at one seed (cached): ``{"turns": records, "samples": picks, "wall_time_s"}``."""
-    cache = CACHE / f"{name}-s{seed}.json"
+    cache = cache_dir / f"{name}-n{len(ts)}-s{seed}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     t0, records, audio = time.perf_counter(), [], {}
@@ -136,15 +139,15 @@ def run_system(name: str, speak: Speaker, judge: quality.Judge, ts: list[quality
                             "seconds": f["seconds"], "gt_seconds": t.row["duration"], "ended": ended,
                             "turn_accuracy": 1 - edits / max(words, 1)})
         audio[records[-1]["sample"]] = x
-    out = {"turns": quality._jsonable(records), "samples": save_samples(name, records, audio, sr),
+    out = {"turns": quality._jsonable(records), "samples": save_samples(name, records, audio, sr, samples),
            "wall_time_s": round(time.perf_counter() - t0, 1)}
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     quality.write_json(out, cache)
     return out
 
 
 def table(n_turns: int = 100, n_calibration: int = 80, systems: tuple[str, ...] = SYSTEMS,
-          seeds: tuple[int, ...] = SEEDS) -> dict:
+          seeds: tuple[int, ...] = SEEDS, cache_dir: Path = CACHE, samples: Path = SAMPLES) -> dict:
     """Every system of ``systems`` on the same ``n_turns`` test turns at each of ``seeds`` -> the table."""
     meta = json.loads(Path(REFERENCE_MODEL).with_suffix(".json").read_text())
     folder = data.build(data.corpus_of(meta["train"]))
@@ -159,7 +162,8 @@ def table(n_turns: int = 100, n_calibration: int = 80, systems: tuple[str, ...] 
         if speak is None:
             missing.append(name)
             continue
-        runs = [run_system(name, speak, judge, ts, s) for s in (seeds if name != "ground_truth" else seeds[:1])]
+        runs = [run_system(name, speak, judge, ts, s, cache_dir, samples)
+                for s in (seeds if name != "ground_truth" else seeds[:1])]
         turns = [r for run in runs for r in run["turns"]]
         rows[name] = {"summary": quality.summarize(turns),
                       "by_seed": {str(s): quality.summarize(run["turns"]) for s, run in zip(seeds, runs, strict=False)},
@@ -179,9 +183,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calibration_turns", type=int, default=80)
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--out", default=str(RESULTS / "quality_table.json"))
+    p.add_argument("--cache", default=str(CACHE), help="each system's judged turns (resume from here)")
+    p.add_argument("--samples", default=str(SAMPLES), help="where the worst/median/best clips go")
     a = p.parse_args(argv)
     torch.set_num_threads(2)
-    result = table(a.turns, a.calibration_turns, tuple(a.systems.split(",")))
+    result = table(a.turns, a.calibration_turns, tuple(a.systems.split(",")), SEEDS, Path(a.cache), Path(a.samples))
     result["provenance"] = provenance("csm_lib.bench_quality", "cpu")
     quality.write_json(result, a.out)
     print(json.dumps({k: {c: v["summary"][c] for c in (*quality.SCORES, "wer", "sim")}
