@@ -113,6 +113,14 @@ class SeedCSM(CSM):
         else:
             self.memory = DualMemoryBank(MemoryConfig(b.dim, b.n_heads, semantic_slots, prosodic_slots))
 
+    def num_parameters(self) -> dict[str, int]:
+        """``CSM.num_parameters`` plus the seed layer (``seed_layer``, counted in ``total``)."""
+        parts = super().num_parameters()
+        layer = self.cross_modal if self.variant == "cross_modal" else self.memory
+        parts["seed_layer"] = sum(p.numel() for p in layer.parameters())
+        parts["total"] += parts["seed_layer"]
+        return parts
+
     def hidden(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The backbone over embeddings ``x`` (B, S, D) of ``mask`` (B, S, K+1), with the variant -> (B, S, D)."""
         bb = self.backbone

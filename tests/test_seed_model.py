@@ -77,6 +77,9 @@ def test_variants_train_and_generate(model):
     a = torch.cat(list(model.frames(f, m, 4, temperature=0.9, seed=3, stop_at_end=False)))
     b = torch.cat(list(model.frames(f, m, 4, temperature=0.9, seed=3, stop_at_end=False)))
     assert a.shape == (4, K) and torch.equal(a, b)
+    n = model.num_parameters()
+    assert n["seed_layer"] == sum(p.numel() for p in seed_params.parameters()) > 0
+    assert n["total"] == sum(p.numel() for p in model.parameters())
     # the first frame is the last prompt position's state, sampled as CSM samples
     h = model.hidden(model.embed_frames(f, m), m)[:, -1]
     assert torch.equal(model.sample_frame(h, 0.9, 50, torch.Generator().manual_seed(3)), a[:1])
