@@ -149,6 +149,15 @@ RTX_BIG = ["cost_model", "paper_422m", "gpu", "RTX 4090 (consumer GPU)"]
 
 # (README row label, source file, key, format)
 ENTRIES = [
+    ("| cross-modal attention, dual memory banks", "checkpoints/csm_plain.json", ["steps"], "(to step {})"),
+    ("| cross-modal attention, dual memory banks", "checkpoints/csm_memory.json", ["steps"], "(to step {})"),
+    ("| cross-modal attention, dual memory banks", "checkpoints/csm_cross_modal.json", ["steps"], "(to step {})"),
+    ("| cross-modal attention, dual memory banks", "checkpoints/csm_plain.json", ["valid", "valid_c0_loss"],
+     "plain {:.3f}"),
+    ("| cross-modal attention, dual memory banks", "checkpoints/csm_memory.json", ["valid", "valid_c0_loss"],
+     "memory bank {:.3f}"),
+    ("| cross-modal attention, dual memory banks", "checkpoints/csm_cross_modal.json", ["valid", "valid_c0_loss"],
+     "cross-modal {:.3f}"),
     (QROW, QV, ["n_turns"], "on {} held-out"),
     (QROW, QV, ["calibration", "n"], "from {} valid"),
     (QROW, QV, lambda d: len(d["checks"]), "in all {} checks"),
