@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import soundfile as sf
 import torch
 
@@ -196,3 +197,66 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ----------------------------------------------------------------------------- reading the table
+
+COLUMNS = (*quality.SCORES, "wer", "sim", "style_error", "ended", "duration_ratio_median")
+
+
+def cell(summary: dict, key: str) -> str:
+    """``0.91 [0.85-0.95]`` for a summary's value and interval ('' when missing)."""
+    v, ci = summary.get(key), summary.get(f"{key.removesuffix('_median')}_ci95")
+    if v is None:
+        return ""
+    return f"{v:.2f} [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else f"{v:.2f}"
+
+
+def seed_layout(result: dict) -> pd.DataFrame:
+    """The table in the seed's layout: a row per score (and the objective columns), the seed's number,
+    then each system's value and 95% interval."""
+    rows = {}
+    for key in COLUMNS:
+        seed = f"{quality.SEED_SCORES[key]:.2f}" if key in quality.SEED_SCORES else ""
+        rows[key.replace("_", " ")] = {"seed": seed} | {name: cell(s["summary"], key)
+                                                        for name, s in result["systems"].items()}
+    return pd.DataFrame(rows).T
+
+
+def _better(a: dict, b: dict, key: str) -> int:
+    """+1 when summary ``a`` is better than ``b`` on ``key`` with intervals apart, -1 worse, 0 not told apart."""
+    if a.get(key) is None or b.get(key) is None or not quality.separated(a, b, key):
+        return 0
+    higher = a[key] > b[key]
+    return (1 if higher else -1) * (-1 if key in ("wer", "style_error") else 1)
+
+
+def verdicts(result: dict) -> dict[str, str]:
+    """A verdict per seed claim, from the table: the five scores (CSM with context against the seed's number),
+    and the memory bank and cross-modal attention (each against the plain CSM trained the same steps)."""
+    S = result["systems"]
+    out = {}
+    csm = S.get("csm", {}).get("summary")
+    for key, seed in quality.SEED_SCORES.items():
+        if csm is None:
+            out[key] = "not measured"
+            continue
+        lo, hi = csm[f"{key}_ci95"]
+        measured = f"CSM with context {csm[key]:.2f} [{lo:.2f}-{hi:.2f}] against the seed's {seed:.2f}"
+        out[key] = ("exceeded (under our definition): " if lo > seed else
+                    "not reproduced (under our definition): " if hi < seed else
+                    "reproduced (under our definition; the seed's number is inside the interval): ") + measured
+    for variant, claim in (("csm_memory", "dual_memory_bank"), ("csm_cross_modal", "cross_modal_attention")):
+        if variant not in S or "csm_plain" not in S:
+            out[claim] = "not measured (make seed-variants, then make bench-quality)"
+            continue
+        keys = (*quality.SCORES, "wer", "sim", "style_error")
+        diff = {k: _better(S[variant]["summary"], S["csm_plain"]["summary"], k) for k in keys}
+        up, down = [k for k, d in diff.items() if d > 0], [k for k, d in diff.items() if d < 0]
+        out[claim] = ("helps: better on " + ", ".join(up) if up and not down else
+                      "hurts: worse on " + ", ".join(down) if down and not up else
+                      f"mixed: better on {', '.join(up)}, worse on {', '.join(down)}" if up else
+                      "no difference measured: every interval overlaps the plain CSM's at equal steps")
+    out["naturalness_0.89"] = ("not testable: the seed does not say what it measures (a listening test? a "
+                               "predictor?); the nearest measured here is prosodic naturalness")
+    return out

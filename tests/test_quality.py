@@ -74,3 +74,30 @@ def test_style_distance_and_summaries():
     bad = summarize([turn | dict.fromkeys(SCORES, 0.0) | {"hyp": "c"}] * 20)
     assert good["wer"] == 0 and bad["wer"] == 1 and good["n"] == 20 and good["duration_ratio_median"] == 1
     assert all(separated(good, bad, s) for s in SCORES) and not separated(good, good, "sim")
+
+
+def _summary(level: float, width: float = 0.02) -> dict:
+    keys = (*SCORES, "sim", "wer", "style_error", "ended")
+    return {k: level for k in keys} | {f"{k}_ci95": [level - width, level + width] for k in keys} | \
+        {"duration_ratio_median": 1.0, "duration_ratio_ci95": [0.9, 1.1]}
+
+
+def test_verdicts_follow_the_intervals():
+    from csm_lib.bench_quality import seed_layout, verdicts
+
+    csm = _summary(0.9, 0.05)  # the seed's 0.88, 0.91, 0.85 (!), 0.89, 0.92 all inside [0.85, 0.95]...
+    csm |= {"character_consistency": 0.97, "character_consistency_ci95": [0.95, 0.99],  # ...but above 0.88
+            "prosodic_naturalness": 0.5, "prosodic_naturalness_ci95": [0.45, 0.55]}  # ...and below 0.85
+    table = {"systems": {"ground_truth": {"summary": _summary(0.95)}, "csm": {"summary": csm},
+                         "csm_plain": {"summary": _summary(0.5)}, "csm_memory": {"summary": _summary(0.7)},
+                         "csm_cross_modal": {"summary": _summary(0.51)}}}
+    v = verdicts(table)
+    assert v["character_consistency"].startswith("exceeded")
+    assert v["prosodic_naturalness"].startswith("not reproduced")
+    assert v["voice_consistency"].startswith("reproduced")
+    assert v["cross_modal_attention"].startswith("no difference")  # 0.51 +- 0.02 overlaps 0.5 +- 0.02
+    # the memory bank is higher everywhere: better on the scores and SIM, worse on WER and style error
+    assert v["dual_memory_bank"].startswith("mixed") and "wer" in v["dual_memory_bank"].split("worse on")[1]
+    layout = seed_layout(table)
+    assert layout.loc["character consistency", "seed"] == "0.88" and layout.loc["wer", "seed"] == ""
+    assert layout.loc["voice consistency", "csm"] == "0.90 [0.85-0.95]"
