@@ -14,6 +14,7 @@ CI) the test is skipped; in CI (``CI=true``) a missing browser fails it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -148,21 +149,36 @@ AUDIO_FACTS = """async (el) => {
 }"""
 
 
-def test_playground_generates_audio_in_the_browser(lab):
+@contextlib.contextmanager
+def chromium_page(height: int):
+    """A page of Debian's chromium (autoplay allowed) -> (page, the page's uncaught errors); closed after."""
     from playwright.sync_api import sync_playwright
 
-    url, token = lab
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page = browser.new_page(viewport={"width": 1400, "height": height})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            yield page, errors
+        finally:
+            browser.close()
+
+
+def tracebacks(page) -> list[str]:
+    """The tracebacks printed in the notebook's outputs."""
+    return page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                        ":has-text('Traceback')").all_inner_texts()
+
+
+def test_playground_generates_audio_in_the_browser(lab):
+    url, token = lab
+    with chromium_page(1100) as (page, errors):
         run_all_cells(page, url, token, "12_playground.ipynb")
         counts = page.evaluate(COUNTS)
         assert counts == list(range(1, len(counts) + 1)), counts  # every cell ran, in order, in this kernel
-        assert not page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
-                                ":has-text('Traceback')").count()
+        assert not tracebacks(page)
 
         box = page.locator(".csm-line input").first
         box.scroll_into_view_if_needed()
@@ -185,7 +201,6 @@ def test_playground_generates_audio_in_the_browser(lab):
         assert facts["peak"] > 0.05 and facts["rms"] > 0.005, facts  # speech, not silence
         assert facts["played_s"] > 0, facts  # the player plays
         page.screenshot(path=str(outputs.figures_dir() / "12_playground.png"))
-        browser.close()
         assert not errors, errors
 
 
@@ -197,19 +212,11 @@ CHOICE = "test: generated turn 3, with context"
 
 
 def test_chapter_07_picker_plays_a_generated_turn_in_the_browser(lab):
-    from playwright.sync_api import sync_playwright
-
     url, token = lab
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    with chromium_page(1000) as (page, errors):
         run_cells(page, url, token, "07_training.ipynb", CHAPTER_07_CELLS)
-        tracebacks = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
-                                  ":has-text('Traceback')").all_inner_texts()
-        assert not tracebacks, "\n".join(t[-1500:] for t in tracebacks)
+        printed = tracebacks(page)
+        assert not printed, "\n".join(t[-1500:] for t in printed)
         player = page.locator("audio.csm-picked").first
         player.wait_for(state="attached", timeout=60_000)
         first = player.get_attribute("src")
@@ -222,5 +229,4 @@ def test_chapter_07_picker_plays_a_generated_turn_in_the_browser(lab):
         assert facts["decoded_s"] > 0.5 and abs(facts["duration"] - facts["decoded_s"]) < 0.05, facts
         assert facts["peak"] > 0.05 and facts["rms"] > 0.005, facts  # speech, not silence
         assert facts["played_s"] > 0, facts
-        browser.close()
         assert not errors, errors
