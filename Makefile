@@ -10,7 +10,7 @@ NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_san
 
 .PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs budget-gpu results workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
-	baselines bench-latency serve bench-serve screenshot quality-judges seed-variants bench-quality
+	baselines bench-latency serve bench-serve screenshot quality-judges seed-variants bench-quality bench-pronunciation
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -192,6 +192,12 @@ quality-judges: setup flite
 ## system's judged turns are cached in data/quality_cache/ (delete it to start afresh)
 bench-quality: setup flite
 	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.bench_quality
+
+## bench-pronunciation: chapter 10's homograph and pronunciation-continuation checks (csm_lib/pronunciation.py) ->
+## results/pronunciation.json: the forced-choice judge validated on flite, then flite and the reference CSM (2 seeds);
+## about 15 min on 2 cores
+bench-pronunciation: setup flite
+	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.pronunciation
 
 ## screenshot: the browser test (JupyterLab + chromium) writing figures/12_playground.png (needs chromium)
 screenshot: setup
