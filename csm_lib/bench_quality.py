@@ -170,6 +170,7 @@ def table(n_turns: int = 100, n_calibration: int = 80, systems: tuple[str, ...] 
                       "by_seed": {str(s): quality.summarize(run["turns"]) for s, run in zip(seeds, runs, strict=False)},
                       "samples": runs[0]["samples"], "wall_time_s": sum(run["wall_time_s"] for run in runs)}
     return {"corpus": folder.name, "split": "test", "calibration_split": "valid", "n_turns": len(ts),
+            "turns": [f"{t.row['conversation']}/{t.row['turn']}" for t in ts],
             "seeds": list(seeds), "sampling": SAMPLING, "test_sentences_in_train": sum(t.row["text"] in train_texts
                                                                                      for t in ts),
             "definitions": quality.DEFINITIONS, "seed_scores": quality.SEED_SCORES, "calibration": judge.cal.__dict__,
