@@ -24,6 +24,7 @@ import json
 import math
 import re
 import statistics
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -144,6 +145,32 @@ def minutes(d: dict) -> float:
     return d["wall_time_s"] / 60
 
 
+
+QT = "results/quality_table.json"
+PR = "results/pronunciation.json"
+QTROW = "| the quality table: 9 systems"
+PRROW = "| homographs / pronunciation continuation"
+FIVE = "| the five quality scores (Character Consistency"
+BANKS = "| cross-modal attention, dual memory banks"
+NAT = '| "0.89 naturalness"'
+
+
+def ci(key: str, prefix: str = "") -> Callable[[dict], str]:
+    """A quality summary's ``key`` as the README prints it: ``prefix + "0.92 [0.86–0.96]"``."""
+    def fmt(s: dict) -> str:
+        lo, hi = s[f"{key}_ci95"]
+        return f"{prefix}{s[key]:.2f} [{lo:.2f}–{hi:.2f}]"
+    return fmt
+
+
+def share(v: dict, prefix: str = "", suffix: str = "") -> str:
+    """A pronunciation summary as the README prints it: ``prefix + "0.50 [0.36–0.64]" + suffix``."""
+    return f"{prefix}{v['score']:.2f} [{v['ci95'][0]:.2f}–{v['ci95'][1]:.2f}]{suffix}"
+
+
+def system(name: str) -> list[str]:
+    return ["systems", name, "summary"]
+
 RTX = ["cost_model", "reference", "gpu", "RTX 4090 (consumer GPU)"]
 RTX_BIG = ["cost_model", "paper_422m", "gpu", "RTX 4090 (consumer GPU)"]
 
@@ -178,6 +205,44 @@ ENTRIES = [
     (QROW, QV, ["summaries", "truncated", "turn_taking_fluency"], "vs {:.2f} (cut off)"),
     (QROW, QV, ["summaries", "ground_truth", "voice_consistency"], "voice consistency {:.2f} vs"),
     (QROW, QV, ["summaries", "spliced_voices", "voice_consistency"], "vs {:.2f} (two voices"),
+    # --- chapter 10's systems table and pronunciation checks ---------------------------------------------------
+    (QTROW, QT, lambda d: len(d["systems"]), "{} systems"),
+    (QTROW, QT, ["n_turns"], "same {} held-out"),
+    (QTROW, QT, lambda d: len(d["seeds"]), "x {} sampling seeds"),
+    (QTROW, QT, system("csm"), ci("character_consistency", "character consistency ")),
+    (QTROW, QT, system("csm_no_context"), ci("character_consistency", "vs ")),
+    (QTROW, QT, ["systems", "csm", "summary", "sim"], "SIM {:.2f} vs"),
+    (QTROW, QT, ["systems", "csm_no_context", "summary", "sim"], "vs {:.2f};"),
+    *[(QTROW, QT, system("csm"), ci(k, k.replace("_", " ").replace("turn taking", "turn-taking") + " "))
+      for k in ("emotional_coherence", "prosodic_naturalness", "turn_taking_fluency", "voice_consistency")],
+    (QTROW, QT, ["systems", "csm", "summary", "wer"], "WER {:.2f}"),
+    (QTROW, QT, ["systems", "ground_truth", "summary", "wer"], "(ground truth {:.2f})"),
+    (PRROW, PR, ["validation", "homograph", "accuracy"], "right on {:.2f} /"),
+    (PRROW, PR, ["validation", "continuation", "accuracy"], "/ {:.2f} of respelt"),
+    (PRROW, PR, ["systems", "csm", "homograph"], lambda v: share(v, "CSM ", " /")),
+    (PRROW, PR, ["systems", "csm", "continuation"], lambda v: share(v, "/ ")),
+    (PRROW, PR, ["systems", "flite", "continuation", "score"], "(chance {})"),
+    (PRROW, PR, ["systems", "csm", "homograph", "lexicon_share"], "reading in {:.2f} /"),
+    (PRROW, PR, ["systems", "csm", "continuation", "lexicon_share"], "/ {:.2f} of"),
+    (PRROW, PR, ["systems", "csm", "homograph", "n"], "of {} /"),
+    (PRROW, PR, ["systems", "csm", "continuation", "n"], "/ {} samples"),
+    (PRROW, PR, ["systems", "flite", "homograph", "score"], "tagger {:.2f} on"),
+    (FIVE, QT, ["n_turns"], "{} held-out turns"),
+    (FIVE, QT, lambda d: len(d["seeds"]), "x {} seeds"),
+    (FIVE, QT, system("csm"), ci("character_consistency", "(")),
+    (FIVE, QT, system("csm"), ci("voice_consistency", "(")),
+    *[(FIVE, QT, system("csm"), ci(k)) for k in ("emotional_coherence", "prosodic_naturalness", "turn_taking_fluency")],
+    (FIVE, QV, ["summaries", "codec_resynthesis", "prosodic_naturalness"], "ceiling ({:.2f} and"),
+    (FIVE, QV, ["summaries", "codec_resynthesis", "turn_taking_fluency"], "and {:.2f})"),
+    (NAT, QT, system("csm"), ci("prosodic_naturalness", "naturalness, is ")),
+    (NAT, QT, system("ground_truth"), ci("prosodic_naturalness", "and ")),
+    (BANKS, QT, ["n_turns"], "{} held-out turns"),
+    (BANKS, QT, lambda d: len(d["seeds"]), "x {} seeds"),
+    (BANKS, QT, system("csm_memory"), ci("character_consistency", "character consistency ")),
+    (BANKS, QT, system("csm_plain"), ci("character_consistency", "plain CSM's ")),
+    (BANKS, QT, ["systems", "csm_memory", "summary", "sim"], "SIM {:.2f} vs"),
+    (BANKS, QT, ["systems", "csm_plain", "summary", "sim"], "vs {:.2f}, as if"),
+    (BANKS, None, lambda: _load("checkpoints/csm_memory.json")["steps"] - _load(CK)["steps"], "{} steps did not"),
     ("| serving over HTTP (`make serve`", SRV, ["server", "workers"], ": {} worker processes"),
     ("| serving over HTTP (`make serve`", SRV, ["server", "threads"], "processes of {} thread"),
     ("| serving over HTTP (`make serve`", SRV, ["levels", "1", "requests"], "one client ({} requests)"),
@@ -583,6 +648,7 @@ ALLOWED = [
     (r"(?i)\bcodebook 0\b", "the first codebook's index"),
     (r"180 ms end-to-end vs pipeline 850 / AudioLM 1200 / VALL-E 950 ms", "the seed's latency claims, quoted"),
     (r"\b422M\b|an 8 GB GPU|the seed's 8 \+ 8", "the seed's claims, quoted"),
+    (r'"0\.89 naturalness"', "the seed's claim, quoted"),
     (r"requested − 1\\\|", "the 1 of a formula"),
     (r"\b95% CI\b", "the level of an interval"),
     (r'"3\.5 ms inference \(GPU\)"|"2-3x speed-up for common phrases"|"2x inference speed-up',
