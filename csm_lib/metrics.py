@@ -192,17 +192,20 @@ def f0_stats(audio: torch.Tensor | np.ndarray, sr: int, fmin: float = 50.0, fmax
 
 @functools.cache
 def _vad():
-    from silero_vad import load_silero_vad
+    threads = torch.get_num_threads()
+    from silero_vad import load_silero_vad  # importing silero_vad sets torch to one thread, for everyone
 
+    torch.set_num_threads(threads)
     return load_silero_vad()
 
 
 def speech_segments(audio: torch.Tensor | np.ndarray, sr: int) -> list[tuple[float, float]]:
     """Speech regions ``[(start_s, end_s), ...]`` found by silero-vad."""
+    vad = _vad()  # first: it imports silero_vad and gives torch its threads back
     from silero_vad import get_speech_timestamps
 
     x = _as_16k(audio, sr)
-    ts = get_speech_timestamps(x, _vad(), sampling_rate=JUDGE_SR, min_silence_duration_ms=100)
+    ts = get_speech_timestamps(x, vad, sampling_rate=JUDGE_SR, min_silence_duration_ms=100)
     return [(t["start"] / JUDGE_SR, t["end"] / JUDGE_SR) for t in ts]
 
 

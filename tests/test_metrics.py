@@ -109,3 +109,14 @@ def test_judges_reject_bad_audio():
         M.Transcriber()(torch.zeros(2, 16_000), 16_000)
     with pytest.raises(ValueError, match="empty audio"):
         M.speaker_embedding(torch.zeros(0), 16_000)
+
+
+def test_the_vad_leaves_torch_threads_alone():
+    """silero_vad sets torch to one thread when imported; the judges must not slow everything after them."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2); from csm_lib import metrics; "
+            "metrics.speech_segments(torch.zeros(16000), 16000); print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "2"
