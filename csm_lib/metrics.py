@@ -127,6 +127,12 @@ def bootstrap_ci(stat, n: int, n_boot: int = 2000, seed: int = 0, level: float =
     return [round(float(lo), 4), round(float(hi), 4)]
 
 
+def bootstrap_groups_ci(stat, groups: list[list[int]], **kw) -> list[float]:
+    """``bootstrap_ci`` resampling whole groups of items (a held-out turn with all its sampling seeds):
+    ``stat(item_indices)`` is computed on the items of the groups drawn."""
+    return bootstrap_ci(lambda g: stat(np.concatenate([groups[j] for j in g])), len(groups), **kw)
+
+
 # ----------------------------------------------------------------------------- SIM
 
 @functools.cache

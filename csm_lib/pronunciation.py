@@ -224,6 +224,17 @@ def flite(text: str, speaker: int) -> tuple[torch.Tensor, int]:
     return data.synthesize(text, VOICES[speaker])
 
 
+def csm_turn(gen, it: Item, seed: int, context_audio: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The turn of ``it`` spoken by the CSM of ``gen`` (a ``Generator``) after the item's earlier turns (flite,
+    or ``context_audio[what flite says]``), sampled as in the quality table (``bench_quality.SAMPLING``)."""
+    from csm_lib.bench_quality import SAMPLING
+    from csm_lib.generate import Segment
+
+    audio = context_audio or {}
+    ctx = [Segment(s, text, audio[said] if said in audio else flite(said, s)[0]) for s, text, said in it.context]
+    return gen.decode(list(gen.frames(it.text, 0, ctx, 6000, seed=seed, **SAMPLING)))
+
+
 def validate(judge: ForcedChoice, its: list[Item]) -> dict:
     """The judge on flite audio whose pronunciation is forced by respelling, each sentence in each reading:
     the share it hears right, per check, with n and a 95% interval over sentences."""
@@ -260,7 +271,7 @@ def summarize(records: list[dict]) -> dict:
     undecided = np.array([r["heard"] is None for r in records], dtype=float)
 
     def ci(v):
-        return metrics.bootstrap_ci(lambda g: v[np.concatenate([rows[j] for j in g])].mean(), len(rows))
+        return metrics.bootstrap_groups_ci(lambda i: v[i].mean(), rows)
 
     return {"score": round(float(right.mean()), 4), "ci95": ci(right), "n": len(records), "n_items": len(rows),
             "lexicon_share": round(float(lex.mean()), 4), "lexicon_share_ci95": ci(lex),
@@ -274,8 +285,7 @@ def run(systems: tuple[str, ...] = ("flite", "csm"), seeds: tuple[int, ...] = (0
     ignores the earlier turn); ``flite_continuing`` is flite told the earlier turn's pronunciation (an
     upper bound: a reader that carries it on); CSM-like systems (``csm`` = the reference) speak the turn
     after the earlier turns' flite audio, sampled at temperature 0.9, top-k 50, ``seeds``."""
-    from csm_lib.bench_quality import SAMPLING
-    from csm_lib.generate import REFERENCE_CODEC, REFERENCE_MODEL, Segment, load_generator
+    from csm_lib.generate import REFERENCE_CODEC, REFERENCE_MODEL, load_generator
     from csm_lib.outputs import REPO
     from csm_lib.progress import progress
 
@@ -285,7 +295,7 @@ def run(systems: tuple[str, ...] = ("flite", "csm"), seeds: tuple[int, ...] = (0
     for it in its:
         for spk, _, said in it.context:
             if said not in context_audio:
-                context_audio[said] = flite(said, spk)
+                context_audio[said] = flite(said, spk)[0]
     for name in systems:
         t0, records = time.perf_counter(), []
         gen = None
@@ -298,9 +308,7 @@ def run(systems: tuple[str, ...] = ("flite", "csm"), seeds: tuple[int, ...] = (0
                     said = it.text if name == "flite" else respell(it.text, it.word, it.spellings[it.right])
                     x, sr = flite(said, 0)
                 else:
-                    ctx = [Segment(s, text, context_audio[said][0]) for s, text, said in it.context]
-                    codes = list(gen.frames(it.text, 0, ctx, 6000, seed=1000 * seed + k, **SAMPLING))
-                    x, sr = gen.decode(codes), gen.sample_rate
+                    x, sr = csm_turn(gen, it, 1000 * seed + k, context_audio), gen.sample_rate
                 records.append({"item": k, "check": it.check, "word": it.word, "text": it.text, "seed": seed,
                                 "right": it.right, "lexicon": it.lexicon,
                                 "heard": judge(x, sr, it.text, it.word, it.options)})

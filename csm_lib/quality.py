@@ -322,7 +322,7 @@ def summarize(turns: list[dict]) -> dict:
     rows = list(groups.values())
 
     def ci(stat) -> list[float]:  # resample turns, each with all its samples
-        return metrics.bootstrap_ci(lambda g: stat(np.concatenate([rows[j] for j in g])), len(rows))
+        return metrics.bootstrap_groups_ci(stat, rows)
 
     out: dict = {"n": len(turns), "n_turns": len(rows)}
     for key in (*SCORES, "sim", "style_error"):
