@@ -17,10 +17,10 @@ Then, frame by frame: the backbone's next state gives codebook 0, the audio deco
 1..K-1 (``CSM.generate_frame`` defines the step; ``inference.FastCSM`` computes it, same codes,
 with fused weights and reused caches); the frame is fed back as the next position.
 Generation stops at the end-of-speech frame (all zeros) or after ``max_audio_length_ms``.
-``generate`` decodes all frames at the end; ``stream`` decodes every ``chunk_frames`` frames as
-they come with the codec's causal ``StreamingDecoder``. With the same ``seed`` both sample the
-same codes. A ``Conversation`` keeps the backbone's cache between turns, so a new turn only
-prefills its own text.
+``generate`` decodes all frames at the end; ``stream`` decodes chunks of frames as they come with
+the codec's causal ``StreamingDecoder`` (``chunk_sizes``: a first chunk, doubling up to
+``chunk_frames``). With the same ``seed`` both sample the same codes. A ``Conversation`` keeps the
+backbone's cache between turns, so a new turn only prefills its own text.
 
 Context audio is brought to the codec's input level (``audio.normalize_loudness``, -23 dBFS)
 before it is encoded, and must be at the codec's sample rate. If the context does not fit the
@@ -269,30 +269,60 @@ class Generator:
 
     def stream(self, text: str, speaker: int, context: list[Segment] | None = None,
                max_audio_length_ms: float = 10_000, temperature: float = 0.9, topk: int = 50,
-               seed: int | None = None, chunk_frames: int = 1, stop_at_end: bool = True) -> Iterator[torch.Tensor]:
-        """Yield the turn's audio as it is generated: one chunk ``(n,)`` per ``chunk_frames`` frames
-        (80 ms each), then the last 30 ms.
+               seed: int | None = None, chunk_frames: int = 1, stop_at_end: bool = True,
+               first_chunk_frames: int | None = None) -> Iterator[torch.Tensor]:
+        """Yield the turn's audio as it is generated, in chunks of ``chunk_sizes(chunk_frames,
+        first_chunk_frames)`` frames (80 ms each), then the last 30 ms.
 
         The concatenated chunks equal ``generate``'s audio for the same arguments and seed.
         """
         codes = self.frames(text, speaker, context, max_audio_length_ms, temperature, topk, seed, stop_at_end)
-        yield from self.stream_codes(codes, chunk_frames)
+        yield from self.stream_codes(codes, chunk_frames, first_chunk_frames)
 
-    def stream_codes(self, codes: Iterator[torch.Tensor], chunk_frames: int = 1) -> Iterator[torch.Tensor]:
+    def stream_codes(self, codes: Iterator[torch.Tensor], chunk_frames: int = 1,
+                     first_chunk_frames: int | None = None) -> Iterator[torch.Tensor]:
         """Frames' codes ``(1, K)`` as they come -> audio chunks, through the codec's causal decoder."""
-        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be an integer >= 1, got {chunk_frames!r}")
+        sizes = chunk_sizes(chunk_frames, first_chunk_frames)
         decoder = StreamingDecoder(self.codec, batch_size=1)
-        pending, any_frame = [], False
+        pending, any_frame, size = [], False, next(sizes)
         for c in codes:
             pending.append(c.cpu())
-            if len(pending) == chunk_frames:
+            if len(pending) == size:
                 yield decoder.push(torch.stack(pending, dim=-1))[0]  # (1, K, n) -> (n * spf,)
-                pending, any_frame = [], True
+                pending, any_frame, size = [], True, next(sizes)
         if pending:
             yield decoder.push(torch.stack(pending, dim=-1))[0]
         if pending or any_frame:
             yield decoder.flush()[0]
+
+    def compile(self) -> Generator:
+        """``torch.compile`` the decoding of each frame (``FastCSM.compile``): same codes, less time
+        per frame (chapter 08). The first frame of each sampling setting compiles (seconds)."""
+        if self.fast is None:
+            raise ValueError("the seed's variants (SeedCSM) have no fast path to compile")
+        self.fast.compile()
+        return self
+
+
+def chunk_sizes(chunk_frames: int = 1, first_chunk_frames: int | None = None) -> Iterator[int]:
+    """Frames per chunk of a stream: ``first_chunk_frames`` (default ``chunk_frames``), doubling up to
+    ``chunk_frames``, which then repeats: ``(8, 1)`` -> 1, 2, 4, 8, 8, ...
+
+    A small first chunk is heard early; bigger later chunks spread the codec decoder's fixed cost
+    per call over more frames (a lower real-time factor). Doubling keeps each chunk at most as long
+    as the audio already sent, so it is ready before that has played whenever a frame takes less
+    than half its 80 ms to make (``as_heard`` counts the stalls).
+    """
+    first = chunk_frames if first_chunk_frames is None else first_chunk_frames
+    for name, n in (("chunk_frames", chunk_frames), ("first_chunk_frames", first)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
+    if first > chunk_frames:
+        raise ValueError(f"first_chunk_frames ({first}) must not exceed chunk_frames ({chunk_frames})")
+    size = first
+    while True:
+        yield size
+        size = min(2 * size, chunk_frames)
 
 
 def as_heard(chunks: Iterable[torch.Tensor], sr: int) -> tuple[torch.Tensor, dict]:
@@ -301,13 +331,15 @@ def as_heard(chunks: Iterable[torch.Tensor], sr: int) -> tuple[torch.Tensor, dic
     Each chunk is timed as it arrives; playback starts with the first chunk and a chunk that is
     not there when the one before has finished playing leaves a gap (a stall). Returns the audio
     with those silences ``(T,)`` (the wait for the first chunk first) and
-    ``{"first_audio_ms", "stall_ms", "stalls", "audio_s"}``.
+    ``{"first_audio_ms", "last_audio_ms", "stall_ms", "stalls", "audio_s"}`` (``last_audio_ms``: the
+    last chunk's arrival, the stream's whole time).
     """
     t0, arrivals = time.perf_counter(), []
     for chunk in chunks:
         arrivals.append((time.perf_counter() - t0, chunk))
     if not arrivals:
-        return torch.zeros(0), {"first_audio_ms": None, "stall_ms": 0.0, "stalls": 0, "audio_s": 0.0}
+        return torch.zeros(0), {"first_audio_ms": None, "last_audio_ms": None, "stall_ms": 0.0, "stalls": 0,
+                                "audio_s": 0.0}
     parts, clock, stall, stalls = [], 0.0, 0.0, 0  # clock: when the audio written so far ends playing (s)
     for t, chunk in arrivals:
         if t > clock:  # nothing to play until this chunk arrives
@@ -318,8 +350,8 @@ def as_heard(chunks: Iterable[torch.Tensor], sr: int) -> tuple[torch.Tensor, dic
         parts.append(chunk)
         clock += chunk.numel() / sr
     audio_s = sum(c.numel() for _, c in arrivals) / sr
-    return torch.cat(parts), {"first_audio_ms": 1000 * arrivals[0][0], "stall_ms": 1000 * stall,
-                              "stalls": stalls, "audio_s": audio_s}
+    return torch.cat(parts), {"first_audio_ms": 1000 * arrivals[0][0], "last_audio_ms": 1000 * arrivals[-1][0],
+                              "stall_ms": 1000 * stall, "stalls": stalls, "audio_s": audio_s}
 
 
 class Conversation:
@@ -430,10 +462,10 @@ class Conversation:
 
     def stream(self, text: str, speaker: int, max_audio_length_ms: float = 10_000, temperature: float = 0.9,
                topk: int = 50, seed: int | None = None, chunk_frames: int = 1,
-               stop_at_end: bool = True) -> Iterator[torch.Tensor]:
-        """The next turn's audio in chunks of ``chunk_frames`` frames, as ``Generator.stream``."""
+               stop_at_end: bool = True, first_chunk_frames: int | None = None) -> Iterator[torch.Tensor]:
+        """The next turn's audio in chunks, as ``Generator.stream``."""
         codes = self.frames(text, speaker, max_audio_length_ms, temperature, topk, seed, stop_at_end)
-        yield from self.gen.stream_codes(codes, chunk_frames)
+        yield from self.gen.stream_codes(codes, chunk_frames, first_chunk_frames)
 
 
 # --- loading trained checkpoints ---------------------------------------------------------------

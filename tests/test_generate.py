@@ -1,6 +1,7 @@
 """Generator: Sesame's generate/stream interface over CSM, the frame layout of turns, and bad input."""
 
 import dataclasses
+import itertools
 import math
 import time
 
@@ -20,6 +21,7 @@ from csm_lib.generate import (
     Generator,
     Segment,
     as_heard,
+    chunk_sizes,
     load_generator,
     trained_speakers,
 )
@@ -65,6 +67,26 @@ def test_generate_and_stream_give_the_same_codes_and_audio(gen):
     assert full.shape == (n * gen.codec.cfg.samples_per_frame,)
     assert torch.allclose(torch.cat(chunks), full, atol=1e-4)
     assert torch.allclose(gen.codec.decode(codes_a.permute(1, 2, 0))[0], full, atol=1e-6)
+
+
+def test_chunk_sizes_double_from_the_first_chunk_up_to_chunk_frames():
+    assert list(itertools.islice(chunk_sizes(8, 1), 6)) == [1, 2, 4, 8, 8, 8]
+    assert list(itertools.islice(chunk_sizes(5, 2), 4)) == [2, 4, 5, 5]
+    assert list(itertools.islice(chunk_sizes(3), 3)) == [3, 3, 3]  # no first chunk: today's fixed chunks
+    for bad, match in (((0,), "chunk_frames must be"), ((2, 3), "must not exceed"), ((True,), "chunk_frames must be"),
+                       ((4, 0), "first_chunk_frames must be")):
+        with pytest.raises(ValueError, match=match):
+            next(chunk_sizes(*bad))
+
+
+def test_a_stream_whose_chunks_grow_is_the_same_audio(gen):
+    kw = dict(context=context(), max_audio_length_ms=800, temperature=0.9, topk=20, seed=7)
+    full = gen.generate("fine thanks", 0, **kw)
+    chunks = list(gen.stream("fine thanks", 0, chunk_frames=4, first_chunk_frames=1, **kw))
+    spf, tail = gen.codec.cfg.samples_per_frame, gen.codec.cfg.n_fft - gen.codec.cfg.hop
+    # 10 frames as 1, 2, 4, then the 3 left; the first chunk waits 30 ms for the overlap-add, the last gives them
+    assert [len(c) for c in chunks] == [spf - tail, 2 * spf, 4 * spf, 3 * spf, tail]
+    assert torch.allclose(torch.cat(chunks), full, atol=1e-4)
 
 
 def test_prompt_layout(gen):
@@ -253,6 +275,7 @@ def test_as_heard_puts_the_waits_in_the_audio():
     assert audio.sum() == 3 * 800 and abs(audio.numel() - (info["first_audio_ms"] * 16 + 3 * 800)) <= 1
     audio, info = as_heard(chunks([0.0, 0.25]), 16_000)  # the second chunk comes 200 ms after the first ends
     assert info["stalls"] == 1 and 150 < info["stall_ms"] < 400
+    assert info["last_audio_ms"] - info["first_audio_ms"] >= 250  # the stream's whole time, from the call
     assert as_heard(iter([]), 16_000)[1]["first_audio_ms"] is None
 
 
@@ -274,3 +297,5 @@ def test_a_seed_variant_loads_and_generates_through_the_generator(gen, tmp_path)
                        torch.cat(direct))
     with pytest.raises(ValueError, match="have none"):
         Conversation(loaded)
+    with pytest.raises(ValueError, match="no fast path to compile"):
+        loaded.compile()
