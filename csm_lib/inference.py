@@ -231,7 +231,21 @@ class FastCSM(nn.Module):
                                          device=h.device)
         self.decoder_cache.reset()  # rewound, not reallocated
         decode = self.compiled_frame or self.decode_frame
-        return decode(h, self.decoder_cache, temperature, topk, generator, prefix)
+        return decode(h, self.decoder_cache, temperature, topk, generator, prefix,
+                      self.draws(B, temperature, topk, generator, prefix))
+
+    def draws(self, B: int, temperature: float, topk: int, generator: torch.Generator | None,
+              prefix: torch.Tensor | None) -> list[torch.Tensor | None] | None:
+        """The Exp(1) noise each sampled codebook of a frame draws (``model.sample_topk``), drawn now, in
+        codebook order: the frame's decoding then has no draw inside (one compiled graph, not one per
+        codebook), and the generator advances as ``torch.multinomial`` would advance it."""
+        if temperature == 0:
+            return None
+        K, n = self.cfg.n_codebooks, min(topk, self.cfg.audio_vocab_size)
+        imposed = 0 if prefix is None else prefix.shape[1]
+        device = self.audio_table.device
+        return [None] * imposed + [torch.empty(B, n, device=device).exponential_(1, generator=generator)
+                                   for _ in range(imposed, K)]
 
     @torch.inference_mode()
     def frame_each(self, h: torch.Tensor, settings: list[tuple[float, int, torch.Generator | None]]) -> torch.Tensor:
@@ -253,8 +267,10 @@ class FastCSM(nn.Module):
         return self.decode_frame(h, self.decoder_cache, temperatures, topks, generators, None)
 
     def decode_frame(self, h: torch.Tensor, cache: KVCache, temperature: float, topk: int,
-                     generator: torch.Generator | None, prefix: torch.Tensor | None) -> torch.Tensor:
-        """``frame``'s work, with the decoder's (empty) ``cache`` given: what ``compile`` compiles."""
+                     generator: torch.Generator | None, prefix: torch.Tensor | None,
+                     noise: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """``frame``'s work, with the decoder's (empty) ``cache`` and the draws (``draws``) given: what
+        ``compile`` compiles."""
         K, V = self.cfg.n_codebooks, self.cfg.audio_vocab_size
 
         def pick(k: int, logits: torch.Tensor) -> torch.Tensor:
@@ -263,7 +279,7 @@ class FastCSM(nn.Module):
             if isinstance(generator, list):  # one stream per row, each with its own settings (frame_each)
                 return torch.cat([sample_topk(logits[i:i + 1], t, n, g)
                                   for i, (t, n, g) in enumerate(zip(temperature, topk, generator, strict=True))])
-            return sample_topk(logits, temperature, topk, generator)
+            return sample_topk(logits, temperature, topk, generator, None if noise is None else noise[k])
 
         codes = [pick(0, self.codebook0_head(h))]
         x = torch.stack([self.projection(h), self.decoder_table[codes[0]]], dim=1)  # (B, 2, Dd)

@@ -203,10 +203,19 @@ class CSM(nn.Module):
 
 
 def sample_topk(logits: torch.Tensor, temperature: float, topk: int,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample ``(B, V)`` logits among the ``topk`` largest at ``temperature`` -> ``(B,)``; greedy if 0."""
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Sample ``(B, V)`` logits among the ``topk`` largest at ``temperature`` -> ``(B,)``; greedy if 0.
+
+    ``noise`` ``(B, min(topk, V))``: Exp(1) draws made beforehand, to sample with instead of drawing
+    here (a compiled graph then need not stop at the draw). ``torch.multinomial`` picks one index
+    exactly so, argmax(p / q) with q ~ Exp(1) (the Gumbel-max trick, exponentiated): the same
+    draws give the same codes (``tests/test_model.py``).
+    """
     if temperature == 0:
         return logits.argmax(-1)
     values, idx = logits.float().div(temperature).topk(min(topk, logits.shape[-1]), dim=-1)
-    choice = torch.multinomial(values.softmax(-1), 1, generator=generator)  # (B, 1)
+    if noise is None:
+        choice = torch.multinomial(values.softmax(-1), 1, generator=generator)  # (B, 1)
+    else:
+        choice = (values.softmax(-1) / noise).argmax(-1, keepdim=True)
     return idx.gather(-1, choice)[:, 0]

@@ -138,6 +138,23 @@ def test_topk_sampling_stays_in_the_top_k():
     assert torch.equal(sample_topk(logits, 0, 3), torch.full((200,), 9))
 
 
+def test_sampling_with_noise_drawn_beforehand_picks_what_multinomial_picks():
+    """torch.multinomial draws one index as argmax(p / q), q ~ Exp(1): the same draws, made first, pick the same
+    codes and leave the generator where multinomial leaves it (what the compiled fast path relies on)."""
+    from csm_lib.model import sample_topk
+
+    logits = torch.randn(3, 1024, generator=torch.Generator().manual_seed(1)) * 3
+    for seed in range(50):
+        a, b = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        drawn = [sample_topk(logits, 0.9, 50, a) for _ in range(4)]
+        noise = [torch.empty(3, 50).exponential_(1, generator=b) for _ in range(4)]
+        assert all(torch.equal(x, sample_topk(logits, 0.9, 50, noise=q)) for x, q in zip(drawn, noise, strict=True))
+        assert torch.equal(a.get_state(), b.get_state())
+    flat = torch.zeros(1, 1024)  # uniform over the top 50: the noise alone decides, and every pick differs
+    picks = {int(sample_topk(flat, 1.0, 50, noise=torch.empty(1, 50).exponential_(1))) for _ in range(200)}
+    assert len(picks) > 40
+
+
 def test_audio_dropout_only_in_training():
     import dataclasses
 
