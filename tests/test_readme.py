@@ -116,10 +116,12 @@ QV = "results/quality_validation.json"
 QROW = "| the seed's five scores as checks on"
 
 
-def ttfa(n: int, chunk: int, state: str, key: str):
-    """A row of inference.json's time-to-first-audio table."""
+def ttfa(n: int, chunk: int, state: str, key: str, first: int | None = None):
+    """A row of inference.json's time-to-first-audio table (fixed chunks unless ``first`` says where they grow from)."""
+    first = chunk if first is None else first
     return lambda d: next(r[key] for r in d["first_audio"]["rows"]
-                          if (r["context_turns"], r["chunk_frames"], r["state"]) == (n, chunk, state))
+                          if (r["context_turns"], r["chunk_frames"], r["first_chunk_frames"], r["state"])
+                          == (n, chunk, first, state))
 
 
 def attention_ms(mode: str, kind: str):
