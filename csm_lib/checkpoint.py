@@ -106,7 +106,19 @@ def device_name(device: str | torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     n = torch.get_num_threads()
-    return f"{platform.processor() or platform.machine()} CPU, {n} thread{'s' if n != 1 else ''}"
+    return f"{cpu_model()} CPU ({torch.backends.cpu.get_cpu_capability()}), {n} thread{'s' if n != 1 else ''}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the machine's architecture: machines of one kind
+    differ (one session's EPYC had AVX-512 with bf16, another's AVX2 only), and timings with them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def provenance(module: str, device: str | torch.device) -> dict:
