@@ -111,9 +111,13 @@ class Generator:
         self.fast = None if isinstance(model, SeedCSM) else FastCSM(self.model)
 
     def refresh(self) -> None:
-        """Rebuild the fast path from the model's current weights (after training it further)."""
+        """Rebuild the fast path from the model's current weights (after training it further), compiled
+        again if it was."""
         if self.fast is not None:
+            compiled = self.fast.compiled_frame is not None
             self.fast = FastCSM(self.model, self.fast.attention)
+            if compiled:
+                self.fast.compile()
 
     # --- the prompt ---------------------------------------------------------------------------
     def _check_turn(self, text: str, speaker: int) -> None:

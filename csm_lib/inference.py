@@ -207,8 +207,8 @@ class FastCSM(nn.Module):
         """``torch.compile`` the work of each frame: its decoding (codebook 0 and the K - 1
         audio-decoder steps) and its feeding back through the backbone (one position).
 
-        Inductor traces each into a graph (the decoding's loop whole when greedy; sampling breaks it
-        at each draw) and writes C++ that fuses the small ops between the matmuls: at batch 1 a frame
+        Inductor traces each into one graph (the decoding's whole loop, sampled too: its draws are
+        made before it, ``draws``) and writes C++ that fuses the small ops between the matmuls: at batch 1 a frame
         is hundreds of tiny ops, and their dispatch, not the arithmetic, is most of its time. The
         backbone is compiled with ``dynamic=True``: the number of cached positions is a symbol, so
         one graph serves every position and cache size. Prefills (many positions at once) stay eager.
