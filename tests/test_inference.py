@@ -202,3 +202,10 @@ def test_compiled_frame_decoding_gives_the_same_codes(gen):
                 codes.append(f.frame(h, temperature, 20, g))
             out.append(torch.cat(codes))
         assert torch.equal(*out)
+
+
+def test_the_fast_path_refuses_to_overflow_its_cache(gen):
+    fast = FastCSM(gen.model)
+    frames, mask = gen.prompt("fine thanks", 0, context(), 10)
+    with pytest.raises(ValueError, match="KV cache holds"):
+        fast.prefill(frames, mask, fast.new_cache(1, frames.shape[1] - 1))
