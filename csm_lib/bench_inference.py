@@ -300,6 +300,11 @@ def conversation_with(gen: Generator, context: list[Segment]) -> Conversation:
     return conv
 
 
+def frame_decoding(gen: Generator) -> str:
+    """How ``gen`` makes its frames, for the record."""
+    return "compiled (Generator.compile)" if gen.fast.compiled_frame else "eager"
+
+
 def heard(stream, sr: int) -> tuple[float, float, int, int]:
     """Consume an audio stream as a listener meets it (``generate.as_heard``): seconds to its first chunk,
     to its last, its samples, and its stalls (a chunk not there when the audio before it has played)."""
@@ -336,7 +341,7 @@ def time_to_first_audio(gen: Generator, contexts=(0, 2, 8), chunks=(1, 2, 5, 10,
                      "audio_s": round(audio_s, 2), "rtf": round(statistics.median(total) / audio_s, 4),
                      "stalls_max": max(stalls)})
     return {"rows": rows, "reply": REPLY, "settings": kw, "repeats": repeats,
-            "frame_decoding": "compiled (Generator.compile)" if gen.fast.compiled_frame else "eager"}
+            "frame_decoding": frame_decoding(gen)}
 
 
 def second_turn(gen: Generator, repeats: int = 5, max_ms: float = 8000) -> dict:
@@ -363,7 +368,7 @@ def second_turn(gen: Generator, repeats: int = 5, max_ms: float = 8000) -> dict:
             "stateless_first_audio_ms": s, "kept_first_audio_ms": k, "kept_vs_stateless_x": round(s / k, 2),
             "codes_identical": bool(same),
             "stateless_from_audio_first_audio_ms": a, "kept_vs_stateless_from_audio_x": round(a / k, 2),
-            "frame_decoding": "compiled (Generator.compile)" if gen.fast.compiled_frame else "eager"}
+            "frame_decoding": frame_decoding(gen)}
 
 
 def gemm_peak_gflops(threads: int, repeats: int = 20) -> float:
@@ -592,7 +597,7 @@ def bench_inference(threads: int = 2, repeats: int = 5, quality_turns: int = 20)
         t0 = time.perf_counter()
         record["compile"], compiled = compile_fast(gen, repeats=repeats)  # first: a fresh process compiles
         print(f"compile: {time.perf_counter() - t0:.1f} s", flush=True)
-        served = copy.copy(gen)  # what a server runs: the same generator with each frame's decoding compiled
+        served = copy.copy(gen)  # what a server runs: the same generator with its frames compiled
         served.fast = compiled
         stages = {
             "vs_transformers": lambda: vs_transformers(gen, compiled, repeats=repeats + 2),

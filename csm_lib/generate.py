@@ -300,8 +300,9 @@ class Generator:
             yield decoder.flush()[0]
 
     def compile(self) -> Generator:
-        """``torch.compile`` the decoding of each frame (``FastCSM.compile``): same codes, less time
-        per frame (chapter 08). The first frame of each sampling setting compiles (seconds)."""
+        """``torch.compile`` the work of each frame (``FastCSM.compile``: its decoding and its pass back
+        through the backbone): same codes, less time per frame (chapter 08). The first frame of each
+        sampling setting compiles (seconds)."""
         if self.fast is None:
             raise ValueError("the seed's variants (SeedCSM) have no fast path to compile")
         self.fast.compile()
