@@ -99,10 +99,14 @@ seed-variants: setup
 	  $(PY) -m csm_lib.checkpoint runs/variant_$$v/model.safetensors checkpoints/csm_$$v.safetensors bf16; \
 	done
 
-## model-eval: judge the reference CSM on held-out sentences (test split: 40 turns) and on the unseen-word split
-## (30 turns), with and without context -> results/reference_model.json; reference_model_probe.json (about 20 min)
+## model-eval: choose the sampling temperature on 30 validation turns (results/temperature_sweep.json), then judge
+## the reference CSM at it on held-out sentences (test split: 40 turns) and on the unseen-word split (30 turns),
+## with and without context -> results/reference_model.json; reference_model_probe.json (about 30 min)
 model-eval: setup
-	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate checkpoints/csm_reference.safetensors --turns=40 --unseen_turns=30
+	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate sweep checkpoints/csm_reference.safetensors results/temperature_sweep.json
+	t=$$($(PY) -c "import json; print(json.load(open('results/temperature_sweep.json'))['chosen'])"); \
+	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate checkpoints/csm_reference.safetensors --turns=40 --unseen_turns=30 \
+	  --temperature=$$t
 	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate probe checkpoints/csm_reference.safetensors results/reference_model_probe.json
 
 ## text-inputs: what should the backbone read? The model recipe with bpe, chars and phones, COMPARE_MINUTES of

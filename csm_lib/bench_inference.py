@@ -583,7 +583,7 @@ def cost_model(measured_ms: float, context: int = 100) -> dict:
 
 
 def bench_inference(threads: int = 2, repeats: int = 5, quality_turns: int = 20) -> dict:
-    from csm_lib.checkpoint import device_name
+    from csm_lib.checkpoint import device_name, model_record
     from csm_lib.generate import REFERENCE_MODEL
 
     gen = load_generator()
@@ -591,6 +591,7 @@ def bench_inference(threads: int = 2, repeats: int = 5, quality_turns: int = 20)
                       "transformers, context length, attention backends, torch.compile, time to first audio, "
                       "INT8, speculative decoding, and a cost model of one frame",
               "model": str(REFERENCE_MODEL.relative_to(REFERENCE_MODEL.parents[1])),
+              "measured_with": model_record(REFERENCE_MODEL),
               "config": asdict(gen.model.cfg), "torch_threads": threads}
     with threads_set(threads):
         record["device"] = device_name("cpu")

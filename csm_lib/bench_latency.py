@@ -350,7 +350,7 @@ def wer_with_ci(refs: list[str], hyps: list[str]) -> dict:
 
 
 def bench_latency(threads: int = 2, replies_n: int = 24, repeats: int = 3) -> dict:
-    from csm_lib.checkpoint import device_name
+    from csm_lib.checkpoint import device_name, model_record
 
     gen = load_generator()
     gen.fast.compile()  # chapter 08's fast path, for CSM and the pipeline's TTS alike
@@ -365,6 +365,7 @@ def bench_latency(threads: int = 2, replies_n: int = 24, repeats: int = 3) -> di
     record = {"what": "the seed's latency table, measured: four systems at matched parameter count, one run",
               "convention": CONVENTION, "sampling": SAMPLING, "torch_threads": threads, "parameters": params,
               "text_lm_parameters": lm.num_parameters(),
+              "measured_with": model_record(REFERENCE_MODEL),  # the CSM (and the pipeline's TTS)
               "training": {"csm": "checkpoints/csm_reference.json",
                            **{k: {"steps": m["steps"], "wall_time_s": m["wall_time_s"], "valid": m["valid"]}
                               for k, m in metas.items()},

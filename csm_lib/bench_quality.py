@@ -178,7 +178,7 @@ def table(n_turns: int = 100, n_calibration: int = 80, systems: tuple[str, ...] 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from csm_lib.checkpoint import provenance
+    from csm_lib.checkpoint import model_record, provenance
 
     p = argparse.ArgumentParser(description="Chapter 10's quality table -> results/quality_table.json")
     p.add_argument("--turns", type=int, default=100)
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(2)
     result = table(a.turns, a.calibration_turns, tuple(a.systems.split(",")), SEEDS, Path(a.cache), Path(a.samples))
+    result["measured_with"] = model_record(REFERENCE_MODEL)  # the CSM rows' model
     result["provenance"] = provenance("csm_lib.bench_quality", "cpu")
     quality.write_json(result, a.out)
     print(json.dumps({k: {c: v["summary"][c] for c in (*quality.SCORES, "wer", "sim")}

@@ -156,6 +156,9 @@ def decoder_chunk_cost(frames: tuple[int, ...] = (1, 2, 4, 8), repeats: int = 30
 def bench_serve(threads: int = 1, repeats: int = 8, memory_requests: int = 500,
                 max_audio_length_ms: float = 6000) -> dict:
     """The whole benchmark (``repeats``: requests per client at each level; the 1-client level gets 3x)."""
+    from csm_lib.checkpoint import model_record
+    from csm_lib.generate import REFERENCE_MODEL
+
     out: dict = {"what": "the HTTP server (csm_lib/serve.py) on this machine: streaming clients at 1, 4, 8 "
                          "concurrent; memory over many requests; codec chunk cost; workers vs threads",
                  "texts": "held-out WordNet test sentences (reference split, seed 3), 20-90 characters",
@@ -165,6 +168,7 @@ def bench_serve(threads: int = 1, repeats: int = 8, memory_requests: int = 500,
                  "rtf": "first byte -> last byte, over the stream's audio duration (rtf_wall: from the request)",
                  "stall": "longest wait of a player started at the first byte for audio not yet arrived",
                  "cores_used": "CPU seconds per wall second of the server's main process, its workers, the clients"}
+    out["measured_with"] = model_record(REFERENCE_MODEL)  # what the server's workers load
     out["codec_chunks"] = decoder_chunk_cost()
     with Server(workers=2, threads=threads, max_streams=8) as server:
         out["server"] = {k: server.health()["limits"][k] for k in ("workers", "threads", "max_streams", "chunk_frames")}

@@ -7,6 +7,7 @@ could run code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -32,6 +33,24 @@ def atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def fingerprint(path: str | Path) -> str:
+    """Short content hash of a file: names a codec's token cache, ties a model to its codec and a
+    result to the model it measured (``model_record``)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def model_record(path: str | Path) -> dict:
+    """Which model a result was measured with: its path, its training steps and its content fingerprint.
+
+    Benchmarks store this beside their numbers, so a result stays tied to the weights that made it
+    after the model is trained further (``tests/test_readme.py`` lists the results that are behind)."""
+    path = Path(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    repo = Path(__file__).resolve().parents[1]
+    shown = path.resolve().relative_to(repo) if path.resolve().is_relative_to(repo) else path
+    return {"path": str(shown), "steps": meta.get("steps"), "fingerprint": fingerprint(path)}
 
 
 def cached_npz(path: Path, keys: list[str], compute) -> dict:

@@ -18,7 +18,6 @@ checkpoint, or split over several processes, sees exactly the batches an uninter
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +27,10 @@ import torch
 from csm_lib import audio as A
 from csm_lib import checkpoint
 from csm_lib import frames as Fr
+from csm_lib.checkpoint import fingerprint
 from csm_lib.codec import Codec
 from csm_lib.progress import progress
 from csm_lib.text import AnyTokenizer
-
-
-def fingerprint(path: str | Path) -> str:
-    """Short content hash of a file (the codec checkpoint), naming the token cache it produces."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
 @torch.no_grad()

@@ -21,8 +21,9 @@ turns that ended by themselves (the end-of-speech frame before ``max_audio_lengt
 median duration ratio generated / ground truth; the result records how much the judged turns
 share with the training split (``sentences.overlap``).
 
-``python -m csm_lib.evaluate MODEL.safetensors [--turns=N] [--unseen_turns=N]`` writes
-``results/reference_model.json``.
+``python -m csm_lib.evaluate MODEL.safetensors [--turns=N] [--unseen_turns=N] [--temperature=T]`` writes
+``results/reference_model.json``; ``python -m csm_lib.evaluate sweep MODEL OUT.json`` chooses that
+temperature on validation turns (``sweep_temperature``).
 
 ``judge_valid`` is the same judging, on a few validation turns, for ``train.train(cfg, judge=...)``
 (training reports it when ``judge_turns > 0``); ``probe`` asks whether a model reads its text.
@@ -115,7 +116,8 @@ def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0
         unseen = evaluate_model(model, t, unseen_turns, temperature, topk, max_audio_length_ms, seed, "unseen",
                                 tokenizer)
         result["unseen_words"] = {k: v for k, v in unseen.items() if k not in ("provenance", "settings")}
-    return {"model": str(model_path), "model_steps": meta.get("steps")} | result
+    return {"model": str(model_path), "model_steps": meta.get("steps"),
+            "measured_with": checkpoint.model_record(model_path)} | result
 
 
 def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
@@ -283,6 +285,29 @@ def compare_text_inputs(model_paths: list[str | Path], turns: int = 24, unseen_t
     return out
 
 
+def sweep_temperature(path: str | Path, temperatures: tuple[float, ...] = (0.3, 0.5, 0.65, 0.8, 0.95),
+                      turns: int = 30, topk: int = 50, split: str = "valid") -> dict:
+    """The sampling temperature, chosen on validation turns so that the test split stays unseen.
+
+    Each temperature speaks the same ``turns`` turns of ``split`` with context, with the same seeds;
+    ``chosen`` is the lowest-WER temperature among those whose turns end by themselves at least 95%
+    of the time (a cold sampler can loop instead of ending)."""
+    model, meta = load_model(path)
+    t, tok = trained_with(meta), model_tokenizer(path)
+    rows, judged = {}, None
+    for temperature in progress(temperatures, desc="temperatures"):
+        judged = evaluate_model(model, t, turns, temperature, topk, split=split, tokenizer=tok, without_context=False)
+        rows[str(temperature)] = {k: judged["with_context"][k] for k in
+                                  ("wer", "wer_ci95", "cer", "sim", "sim_ci95", "ended_by_eos",
+                                   "duration_ratio_median")}
+    ending = [k for k, r in rows.items() if r["ended_by_eos"] >= 0.95] or list(rows)
+    return {"model": str(path), "measured_with": checkpoint.model_record(path), "split": split,
+            "turns": judged["turns"], "topk": topk, "overlap_with_train": judged["overlap_with_train"],
+            "ground_truth": {k: judged["ground_truth"][k] for k in ("wer", "wer_ci95", "sim")},
+            "temperatures": rows, "chosen": float(min(ending, key=lambda k: rows[k]["wer"])),
+            "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["compare"]:  # python -m csm_lib.evaluate compare OUT.json MODEL... [--turns=N]
@@ -293,6 +318,13 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({k: {s: m[s]["with_context"]["wer"] for s in ("test", "unseen")}
                           for k, m in result["models"].items()}, indent=2))
         return
+    if argv[:1] == ["sweep"]:  # python -m csm_lib.evaluate sweep MODEL OUT.json [--turns=N]
+        opts = dict(a[2:].split("=", 1) for a in argv[3:] if a.startswith("--"))
+        result = sweep_temperature(argv[1], turns=int(opts.get("turns", 30)))
+        checkpoint.atomic_write(Path(argv[2]), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+        print(json.dumps({k: (r["wer"], r["ended_by_eos"]) for k, r in result["temperatures"].items()}),
+              "chosen", result["chosen"])
+        return
     if argv[:1] == ["probe"] and len(argv) == 3:  # python -m csm_lib.evaluate probe MODEL OUT.json
         result = probe(argv[1])
         checkpoint.atomic_write(Path(argv[2]), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
@@ -300,13 +332,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not argv or argv[0].startswith("--"):
         raise SystemExit("usage: python -m csm_lib.evaluate MODEL.safetensors [--turns=N] [--unseen_turns=N]"
-                         " [--hours=H --corpus_seed=S]"
-                         " [--out=results/...json]")
+                         " [--temperature=T] [--hours=H --corpus_seed=S] [--out=results/...json]")
     opts = dict(a[2:].split("=", 1) for a in argv[1:])
-    unknown = set(opts) - {"turns", "unseen_turns", "hours", "corpus_seed", "out"}
+    unknown = set(opts) - {"turns", "unseen_turns", "temperature", "hours", "corpus_seed", "out"}
     if unknown:
-        raise SystemExit(f"unknown option(s) {sorted(unknown)}; expected --turns, --hours, --corpus_seed, --out")
+        raise SystemExit(f"unknown option(s) {sorted(unknown)}; expected --turns, --unseen_turns, --temperature, "
+                         "--hours, --corpus_seed, --out")
     result = evaluate(argv[0], max_turns=int(opts.get("turns", 40)), unseen_turns=int(opts.get("unseen_turns", 0)),
+                      temperature=float(opts.get("temperature", 0.8)),
                       hours=float(opts["hours"]) if "hours" in opts else None,
                       corpus_seed=int(opts["corpus_seed"]) if "corpus_seed" in opts else None)
     out = Path(opts.get("out", "results/reference_model.json"))

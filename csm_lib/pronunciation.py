@@ -339,7 +339,8 @@ def in_training(its: list[Item]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from csm_lib.checkpoint import provenance
+    from csm_lib.checkpoint import model_record, provenance
+    from csm_lib.generate import REFERENCE_MODEL
     from csm_lib.quality import write_json
 
     p = argparse.ArgumentParser(description="homographs and pronunciation continuation -> results/pronunciation.json")
@@ -349,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(2)
     result = run(tuple(a.systems.split(",")))
     result["held_out"] = in_training(items())
+    result["measured_with"] = model_record(REFERENCE_MODEL)
     result["provenance"] = provenance("csm_lib.pronunciation", "cpu")
     write_json(result, a.out)
     for name, s in result["systems"].items():

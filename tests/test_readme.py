@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from csm_lib.checkpoint import fingerprint
 from csm_lib.quality import SEED_SCORES
 from csm_lib.train import total_seconds
 
@@ -107,6 +108,10 @@ NB01 = "notebooks/01_data.ipynb"
 REF = "results/reference_model.json"
 TI = "results/text_input.json"
 CK = "checkpoints/csm_reference.json"
+CK_3736 = "results/reference_3736_model.json"  # the reference's checkpoint JSON at step 3,736 (git show 1c59e65:CK)
+# results measured with the reference CSM: each says which (``measured_with``), or predates that record
+REFERENCE_RESULTS = ("results/reference_model.json", "results/inference.json", "results/latency_table.json",
+                     "results/serving.json", "results/quality_table.json", "results/pronunciation.json")
 FORTY = "results/reference_40h_model.json"
 OLD = "results/reference_model_40h_templates.json"
 INF = "results/inference.json"
@@ -244,7 +249,8 @@ ENTRIES = [
     (BANKS, QT, system("csm_plain"), ci("character_consistency", "plain CSM's ")),
     (BANKS, QT, ["systems", "csm_memory", "summary", "sim"], "SIM {:.2f} vs"),
     (BANKS, QT, ["systems", "csm_plain", "summary", "sim"], "vs {:.2f}, as if"),
-    (BANKS, None, lambda: _load("checkpoints/csm_memory.json")["steps"] - _load(CK)["steps"], "{} steps did not"),
+    (BANKS, None, lambda: _load("checkpoints/csm_memory.json")["steps"] - _load(CK_3736)["steps"], "{} steps did not"),
+    (BANKS, CK_3736, ["steps"], "the reference at step {:,}"),
     ("| serving over HTTP (`make serve`", SRV, ["server", "workers"], ": {} worker processes"),
     ("| serving over HTTP (`make serve`", SRV, ["server", "threads"], "processes of {} thread"),
     ("| serving over HTTP (`make serve`", SRV, ["levels", "1", "requests"], "one client ({} requests)"),
@@ -302,7 +308,8 @@ ENTRIES = [
     ("| do the systems speak?", LAT, ["speaks", "ground_truth", "wer"], "; {:.1%}."),
     ("| do the systems speak?", "checkpoints/valle_reference.json", minutes, "trained {:.0f} min each"),
     ("| do the systems speak?", "checkpoints/audiolm_reference.json", minutes, "trained {:.0f} min each"),
-    ("| do the systems speak?", CK, lambda d: total_seconds(d["history"]) / 60, "(the CSM {:.0f} min)"),
+    ("| do the systems speak?", None, lambda: total_seconds(_load(measured_with(LAT))["history"]) / 60,
+     "(the CSM {:.0f} min"),
     ("| 180 ms end-to-end", LAT, csm_improvement, "as {:+.1f}% for speech out"),
     ("| 180 ms end-to-end", LAT, first_ms("csm", "full_turn"), "full turn takes {:.1f} ms"),
     ("| 180 ms end-to-end", LAT, ["full_turn", "asr", "median_ms"], ", {:.1f} of them speech recognition"),
@@ -714,6 +721,30 @@ def notebook_outputs(path: Path) -> str:
             elif "text/plain" in out.get("data", {}):
                 text.append("".join(out["data"]["text/plain"]))
     return "\n".join(text)
+
+
+def measured_with(result: str) -> str:
+    """The checkpoint JSON of the reference CSM that ``result`` was measured with: the current one when
+    the result records its fingerprint, the step-3,736 one for results made before that record existed."""
+    record = _load(result).get("measured_with")
+    made = record["fingerprint"] if record else THE_3736  # results made before the record: all at step 3,736
+    if made == fingerprint(ROOT / CK.replace(".json", ".safetensors")):
+        return CK
+    assert made == THE_3736, f"{result} was measured with a reference that is neither the current one nor " \
+        f"step 3,736: {record}"
+    return CK_3736
+
+
+THE_3736 = "315d7bbca068"  # sha256[:12] of checkpoints/csm_reference.safetensors at step 3,736
+
+
+def test_readme_names_the_results_an_earlier_reference_measured():
+    behind = {r for r in REFERENCE_RESULTS if measured_with(r) != CK}
+    said = readme().split("**Measured with the reference at step", 1)
+    named = set(re.findall(r"`(results/\w+\.json)`", said[1].split("\n\n", 1)[0])) if len(said) > 1 else set()
+    assert named == behind, f"the README should name exactly these results as behind the reference: {sorted(behind)}"
+    if behind:
+        assert f"**Measured with the reference at step {_load(CK_3736)['steps']:,}" in readme()
 
 
 @cache

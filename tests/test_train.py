@@ -196,7 +196,7 @@ def test_make_model_continues_from_a_committed_model_and_reads_phones(tmp_path):
     """`make model`'s resumable recipe: a run stopped by --minutes, committed, continued after runs/ is gone."""
     import shutil
 
-    from csm_lib.evaluate import evaluate
+    from csm_lib.evaluate import evaluate, sweep_temperature
     from csm_lib.train import resolve_start
 
     recipe = ["--steps=5", "--ckpt_every=100", "--text_input=phones"]
@@ -221,10 +221,21 @@ def test_make_model_continues_from_a_committed_model_and_reads_phones(tmp_path):
                                      lr=1.0)) == TrainConfig(out=str(tmp_path / "none"), lr=1.0)  # another recipe
     result = evaluate(out / "model.safetensors", max_turns=2, max_audio_length_ms=800, split="train")
     assert result["text_input"] == "phones" and result["overlap_with_train"]["turns"] == 2
+    # the result names the weights it judged: trained on, the model is another (benchmarks keep the same record)
+    assert result["measured_with"] == {"path": str(out / "model.safetensors"), "steps": 5,
+                                       "fingerprint": checkpoint.fingerprint(out / "model.safetensors")}
+    assert checkpoint.model_record(committed / "model.safetensors")["fingerprint"] != \
+        result["measured_with"]["fingerprint"]
     for name in ("with_context", "without_context"):
         r = result[name]
         assert 0 <= r["ended_by_eos"] <= 1 and r["wer_ci95"][0] <= r["wer"] <= r["wer_ci95"][1]
         assert r["cer"] >= 0 and r["duration_ratio_median"] > 0
+    # the temperature is chosen on turns of another split than the one reported: lowest WER among those that end
+    sweep = sweep_temperature(out / "model.safetensors", (0.5, 0.9), turns=2, split="train")
+    rows = sweep["temperatures"]
+    assert set(rows) == {"0.5", "0.9"} and sweep["turns"] == 2 and sweep["measured_with"] == result["measured_with"]
+    ending = [k for k, r in rows.items() if r["ended_by_eos"] >= 0.95] or list(rows)
+    assert str(sweep["chosen"]) in ending and all(rows[str(sweep["chosen"])]["wer"] <= rows[k]["wer"] for k in ending)
 
 
 def test_total_seconds_adds_up_the_sittings_of_a_resumed_run():
