@@ -106,6 +106,7 @@ GPU = "results/paper_422m_gpu.json"
 NB06 = "notebooks/06_context_and_memory.ipynb"
 NB01 = "notebooks/01_data.ipynb"
 REF = "results/reference_model.json"
+SWEEP = "results/temperature_sweep.json"
 TI = "results/text_input.json"
 CK = "checkpoints/csm_reference.json"
 CK_3736 = "results/reference_3736_model.json"  # the reference's checkpoint JSON at step 3,736 (git show 1c59e65:CK)
@@ -527,7 +528,22 @@ ENTRIES = [
     ("| reference CSM (", REF, ["with_context", "wer"], "| {:.1%} ["),
     ("| reference CSM (", REF, ["with_context", "wer_ci95"], lambda c: f"[{c[0]:.1%}–{c[1]:.1%}]"),
     ("| reference CSM (", REF, ["ground_truth", "wer"], "(ground truth {:.1%})"),
-    ("| reference CSM (", REF, ["with_context", "sim"], "/ {:.3f} /"),
+    ("| reference CSM (", REF, ["with_context", "sim"], "/ {:.3f} ["),
+    ("| reference CSM (", REF, ["with_context", "sim_ci95"], lambda c: f"[{c[0]:.3f}–{c[1]:.3f}]"),
+    ("| reference CSM (", REF, ["model_steps"], "phones, {:,} steps)"),
+    ("| reference CSM (", REF, ["settings", "temperature"], "temperature {}:"),
+    ("| sampling temperature for", SWEEP, ["turns"], "chosen on {} validation turns"),
+    ("| sampling temperature for", SWEEP, lambda d: " / ".join(d["temperatures"]), "WER at {} (top-k"),
+    ("| sampling temperature for", SWEEP, ["topk"], "(top-k {})"),
+    ("| sampling temperature for", SWEEP, lambda d: " / ".join(f"{r['wer']:.1%}" for r in d["temperatures"].values()),
+     "| {} (ground"),
+    ("| sampling temperature for", SWEEP, ["ground_truth", "wer"], "(ground truth {:.1%})"),
+    ("| sampling temperature for", SWEEP, ["chosen"], "): {} chosen"),
+    ("| sampling temperature for", SWEEP, lambda d: "every interval overlaps the others" if all(
+        a[0] <= b[1] for a in (r["wer_ci95"] for r in d["temperatures"].values())
+        for b in (r["wer_ci95"] for r in d["temperatures"].values())) else "some intervals do not overlap", "{}"),
+    ("| sampling temperature for", SWEEP, lambda d: "every turn ended by itself" if all(
+        r["ended_by_eos"] == 1 for r in d["temperatures"].values()) else "not every turn ended", "{}"),
     ("| reference CSM (", REF, ["with_context", "style_error"], "/ {:.2f} /"),
     ("| reference CSM (", REF, ["with_context", "ended_by_eos"], "/ {:.0%} /"),
     ("| reference CSM (", REF, ["with_context", "duration_ratio_median"], "/ {:.2f} |"),
@@ -549,6 +565,16 @@ ENTRIES = [
     ("| reference CSM training so far", CK, ["valid", "valid_c0_loss"], "loss {:.2f} nats"),
     ("| reference CSM training so far", CK, lambda d: math.log(d["config"]["audio_vocab_size"]), "(chance {:.2f})"),
     ("**The reference model now reads sentences", OLD, ["with_context", "wer"], "scored {:.1%} WER"),
+    ("**The reference model now reads sentences", "results/reference_model_3736.json", ["with_context", "wer"],
+     "from {:.1%} at step"),
+    ("**The reference model now reads sentences", "results/reference_model_3736.json", ["model_steps"],
+     "at step {:,} (temperature"),
+    ("**The reference model now reads sentences", "results/reference_model_3736.json", ["settings", "temperature"],
+     "(temperature {},"),
+    ("**The reference model now reads sentences", REF, ["with_context", "wer"], "to {:.1%} at step"),
+    ("**The reference model now reads sentences", REF, ["model_steps"], "at step {:,} (temperature"),
+    ("**The reference model now reads sentences", REF, ["settings", "temperature"], "(temperature {}, chosen"),
+    ("**The reference model now reads sentences", CK, ["train", "steps"], "(the whole {:,}-step schedule)"),
     ("**The reference model now reads sentences", "results/reference_model_probe.json",
      lambda d: d["train_text_scrambled"]["frames_10_29"] - d["train"]["frames_10_29"], "costs it {:.1f} nats"),
     ("| the template-corpus reference", FORTY, ["train", "hours"], "({:.0f} h,"),
@@ -742,6 +768,7 @@ def test_readme_names_the_results_an_earlier_reference_measured():
     behind = {r for r in REFERENCE_RESULTS if measured_with(r) != CK}
     said = readme().split("**Measured with the reference at step", 1)
     named = set(re.findall(r"`(results/\w+\.json)`", said[1].split("\n\n", 1)[0])) if len(said) > 1 else set()
+    named &= set(REFERENCE_RESULTS)  # the paragraph also names the old checkpoint's JSON
     assert named == behind, f"the README should name exactly these results as behind the reference: {sorted(behind)}"
     if behind:
         assert f"**Measured with the reference at step {_load(CK_3736)['steps']:,}" in readme()
