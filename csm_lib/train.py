@@ -15,7 +15,7 @@ One step:
 
 Every ``ckpt_every`` steps the run's full state (weights, AdamW moments, step) is written
 atomically (``state-<step>.safetensors`` + JSON, then the ``latest`` pointer); ``--resume=true``
-continues from it and truncates the CSV log to that step, so a killed run resumed ends with the
+continues from it and truncates the CSV log (and ``evals.jsonl``) to that step, so a killed run resumed ends with the
 loss curve of an uninterrupted one. ``--init=MODEL.safetensors`` continues instead from a finished
 model (a committed checkpoint, when ``runs/`` is gone): its weights, step, log and evaluations carry
 on; AdamW's moments start afresh, so the learning rate warms up again over ``warmup`` steps.
@@ -207,6 +207,19 @@ def read_log(path: Path, before: int) -> list[dict]:
     return [r for r in rows if int(r["step"]) < before]
 
 
+def read_evals(path: Path, upto: int) -> list[dict]:
+    """The evaluations in ``evals.jsonl`` at ``step <= upto`` (a torn last line is skipped)."""
+    if not path.exists():
+        return []
+    evals = []
+    for line in path.read_text().splitlines():
+        try:
+            evals.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [e for e in evals if e["step"] <= upto]
+
+
 def total_seconds(history: list[dict]) -> float:
     """Training time over all sittings of a run: each resumed sitting's log restarts its clock at 0."""
     total, last = 0.0, 0.0
@@ -348,7 +361,7 @@ def train(cfg: TrainConfig, judge: Callable[[CSM, dict], dict] | None = None) ->
     start, history, evals = 0, [], []
     if cfg.resume:
         start = load_state(out, raw, opt)
-        history = read_log(out / "log.csv", start)
+        history, evals = read_log(out / "log.csv", start), read_evals(out / "evals.jsonl", start)
     elif cfg.init:
         start, history, evals = init_from(cfg.init, raw)
     warm_start = start if cfg.init else None
@@ -360,6 +373,8 @@ def train(cfg: TrainConfig, judge: Callable[[CSM, dict], dict] | None = None) ->
             w = csv.DictWriter(f, LOG_FIELDS)
             w.writeheader()
             w.writerows(history)
+        checkpoint.atomic_write(out / "evals.jsonl",  # likewise: the evaluations carried on, none after the step
+                                lambda tmp: Path(tmp).write_text("".join(json.dumps(e) + "\n" for e in evals)))
     meta = {"kind": "csm", "config": asdict(mcfg), "train": asdict(cfg), "data": info, "provenance": origin,
             "world_size": world_size}
     t0, positions, wall = time.perf_counter(), 0.0, 0.0

@@ -64,7 +64,7 @@ def test_a_turn_longer_than_the_window_is_cut(windows):
 
 
 def test_resume_after_sigkill_gives_the_same_loss_curve(tmp_path):
-    steps = ["--steps=14", "--ckpt_every=4"]
+    steps = ["--steps=14", "--ckpt_every=4", "--eval_every=5", "--eval_batches=1"]
     run(tmp_path / "straight", *steps)
     killed = tmp_path / "killed"
     p = run(killed, *steps, wait=False)
@@ -82,9 +82,12 @@ def test_resume_after_sigkill_gives_the_same_loss_curve(tmp_path):
     assert sorted(a) == sorted(b) == list(range(14))
     for s in a:
         assert b[s] == pytest.approx(a[s], rel=1e-5, abs=1e-5), s
-    wa, _ = checkpoint.load(tmp_path / "straight" / "model.safetensors")
-    wb, _ = checkpoint.load(killed / "model.safetensors")
+    wa, ma = checkpoint.load(tmp_path / "straight" / "model.safetensors")
+    wb, mb = checkpoint.load(killed / "model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    # the evaluations before the kill are kept, none twice
+    assert [e["step"] for e in mb["evals"]] == [e["step"] for e in ma["evals"]] == [5, 10, 14]
+    assert [e["valid_loss"] for e in mb["evals"]] == pytest.approx([e["valid_loss"] for e in ma["evals"]], rel=1e-4)
 
 
 def _final_weights(out: Path) -> dict:
