@@ -75,15 +75,18 @@ def test_round_trip_json_audio_and_words(server):
     assert 0 < body["latency_ms"] <= body["total_ms"]
     assert np.abs(audio).max() > 0.05  # not silence
     heard = metrics.transcriber()(torch.from_numpy(audio), sr)
-    other = pcm_of(post(server, {"text": "my cat sleeps on a warm blanket", "speaker": 0, "seed": 0,
-                                 "temperature": 0.5}).content)
+    other_text = "my cat sleeps on a warm blanket"
+    other = pcm_of(post(server, {"text": other_text, "speaker": 0, "seed": 0, "temperature": 0.5}).content)
     heard_other = metrics.transcriber()(torch.from_numpy(other / 32768), SR)
 
-    def recall(hypothesis: str) -> float:  # share of the asked words that were heard
-        return np.mean([w in hypothesis.split() for w in TEXT.split()])
+    def recall(hypothesis: str, text: str) -> float:  # share of the asked words that were heard
+        return np.mean([w in hypothesis.split() for w in text.split()])
 
-    # the reference model's WER is ~60% (README): some of the words come through, more than from another sentence
-    assert recall(heard) >= 0.4 and recall(heard) > recall(heard_other), (heard, heard_other)
+    # the reference model's WER is ~50% (README): each transcript holds more of its own sentence's words than of
+    # the other's, and on average at least 40% of the asked words come through
+    own, crossed = (recall(heard, TEXT), recall(heard_other, other_text)), (recall(heard, other_text),
+                                                                           recall(heard_other, TEXT))
+    assert all(o > c for o, c in zip(own, crossed, strict=True)) and np.mean(own) >= 0.4, (heard, heard_other)
 
 
 def test_stream_equals_whole_and_seed_decides(server):
