@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from csm_lib.outputs import REPO
+
 
 def atomic_write(path: Path, write) -> None:
     """Write ``path`` through ``write(tmp)`` on a temporary file in the same folder, then rename: all or nothing."""
@@ -48,8 +50,7 @@ def model_record(path: str | Path) -> dict:
     after the model is trained further (``tests/test_readme.py`` lists the results that are behind)."""
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
-    repo = Path(__file__).resolve().parents[1]
-    shown = path.resolve().relative_to(repo) if path.resolve().is_relative_to(repo) else path
+    shown = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
     return {"path": str(shown), "steps": meta.get("steps"), "fingerprint": fingerprint(path)}
 
 
