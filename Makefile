@@ -61,27 +61,43 @@ codec: setup
 codec-eval: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.train_codec eval --checkpoint=checkpoints/codec_reference
 
-## model: train the reference CSM on the CPU -> runs/reference, copied to checkpoints/csm_reference.{safetensors,json}
-## The recipe: the wordnet corpus (real sentences, 20 h, seed 3; 4% of conversations use words training never sees),
-## phones as the text input (chapter 07 compares bpe, chars, phones), MODEL_STEPS steps of 8 windows of 512 positions.
-## Resumable over several sittings: each `make model` trains MODEL_MINUTES more (default 60) and copies the model
-## to checkpoints/; run it again to go on, from runs/reference, or from the committed checkpoint when runs/ is gone
-## (train.resolve_start). The first run also builds the corpus (~7 min) and its codec tokens (~6 min).
+## model: train the reference CSM on the CPU -> checkpoints/csm_reference.{safetensors,json}, in two stages.
+## Stage 1 (runs/reference): the wordnet corpus (real sentences, 20 h, seed 3; 4% of conversations use words training
+## never sees), phones as the text input (chapter 07 compares bpe, chars, phones), MODEL_STEPS steps of 8 windows of
+## 512 positions (~160 min). Its validation loss stopped falling from step ~4,750 while the training loss went on
+## down: it had begun to learn its 12,917 training sentences by heart.
+## Stage 2 (runs/reference40): the same recipe on twice the speech (40 h, the same seed: the same sentences are held
+## out, training reads 2x as many distinct sentences), from stage 1's model to MODEL_MORE_STEPS on one cosine schedule
+## (AdamW restarts, the learning rate warms up again over 200 steps; ~65 min).
+## Resumable over several sittings: each `make model` trains up to MODEL_MINUTES more per stage (default 60) and copies
+## the model to checkpoints/; run it again to go on, from runs/, or from the committed checkpoint when runs/ is gone
+## (train.resolve_start; stage 2 starts from a finished stage 1, --after). The first sitting of a stage also builds
+## its corpus (~10 min per 20 h) and codec tokens (~6 min per 20 h).
 ## Run nothing else meanwhile: two torch threads on two shared cores slow to a crawl when anything else runs.
 ## fp32, not bf16: whether bf16 autocast is faster depends on the CPU (results/training_knobs.json); fp32 reproduces on any.
 ## audio_dropout=0.5: on the template corpus, without it the model memorised its training turns
 ## (results/reference_attempt1_probe.json).
 MODEL_STEPS ?= 6000
+MODEL_MORE_HOURS ?= 40
+MODEL_MORE_STEPS ?= 7800
 MODEL_MINUTES ?= 60
 MODEL_RECIPE = --preset=reference --text=wordnet --hours=20 --corpus_seed=3 --unseen_share=0.04 \
   --batch=8 --max_len=512 --steps=$(MODEL_STEPS) --lr=1.5e-3 --warmup=200 --amp=fp32 --decoder_fraction=0.25 \
   --audio_dropout=0.5 --eval_every=250 --judge_turns=0 --threads=2
+MODEL_MORE = --hours=$(MODEL_MORE_HOURS) --steps=$(MODEL_MORE_STEPS)
+MODEL_STAGE = $(PY) -c "import json; t = json.load(open('checkpoints/csm_reference.json'))['train']; \
+  print(2 if t['hours'] == $(MODEL_MORE_HOURS) else 1)"
 model: setup
-	OMP_NUM_THREADS=2 $(PY) -m csm_lib.train $(MODEL_RECIPE) --text_input=phones --minutes=$(MODEL_MINUTES) \
-	  --out=runs/reference --continue_from=checkpoints/csm_reference.safetensors
-	cp runs/reference/model.safetensors checkpoints/csm_reference.safetensors
-	cp runs/reference/model.json checkpoints/csm_reference.json
-	cp runs/reference/model.tokenizer.json checkpoints/csm_reference.tokenizer.json
+	if [ "$$($(MODEL_STAGE) 2>/dev/null)" != 2 ]; then \
+	  OMP_NUM_THREADS=2 $(PY) -m csm_lib.train $(MODEL_RECIPE) --text_input=phones --minutes=$(MODEL_MINUTES) \
+	    --out=runs/reference --continue_from=checkpoints/csm_reference.safetensors && \
+	  for f in model.safetensors model.json model.tokenizer.json; do \
+	    cp runs/reference/$$f checkpoints/csm_reference.$${f#model.}; done; fi
+	OMP_NUM_THREADS=2 $(PY) -m csm_lib.train $(MODEL_RECIPE) $(MODEL_MORE) --text_input=phones \
+	  --minutes=$(MODEL_MINUTES) --out=runs/reference40 --continue_from=checkpoints/csm_reference.safetensors \
+	  --after=checkpoints/csm_reference.safetensors
+	for f in model.safetensors model.json model.tokenizer.json; do \
+	  cp runs/reference40/$$f checkpoints/csm_reference.$${f#model.}; done
 
 ## seed-variants: the seed's dual memory bank and cross-modal attention trained inside CSM (csm_lib/seed_model.py), and
 ## the plain CSM beside them at equal compute: each starts from checkpoints/csm_reference and trains VARIANT_STEPS more
@@ -93,20 +109,22 @@ seed-variants: setup
 	for v in plain memory cross_modal; do \
 	  if [ -e checkpoints/csm_$$v.json ]; then echo "checkpoints/csm_$$v exists"; continue; fi; \
 	  rm -rf runs/variant_$$v; \
-	  OMP_NUM_THREADS=2 $(PY) -m csm_lib.train $(MODEL_RECIPE) --text_input=phones --warmup=50 --eval_every=100 \
-	    --variant=$$([ $$v = plain ] || echo $$v) --init=checkpoints/csm_reference.safetensors \
-	    --stop_step=$$((ref + $(VARIANT_STEPS))) --out=runs/variant_$$v; \
+	  OMP_NUM_THREADS=2 $(PY) -m csm_lib.train $(MODEL_RECIPE) $(MODEL_MORE) --text_input=phones --warmup=50 \
+	    --eval_every=100 --variant=$$([ $$v = plain ] || echo $$v) --init=checkpoints/csm_reference.safetensors \
+	    --steps=$$((ref + $(VARIANT_STEPS))) --out=runs/variant_$$v; \
 	  $(PY) -m csm_lib.checkpoint runs/variant_$$v/model.safetensors checkpoints/csm_$$v.safetensors bf16; \
 	done
 
 ## model-eval: choose the sampling temperature on 30 validation turns (results/temperature_sweep.json), then judge
 ## the reference CSM at it on held-out sentences (test split: 40 turns) and on the unseen-word split (30 turns),
-## with and without context -> results/reference_model.json; reference_model_probe.json (about 30 min)
+## with and without context -> results/reference_model.json; reference_model_probe.json (about 30 min).
+## The test turns are those of stage 1's corpus (20 h, --hours), the turns every earlier reference was judged on;
+## stage 2's larger corpus holds out the same sentences, and the result counts its overlap against that corpus.
 model-eval: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate sweep checkpoints/csm_reference.safetensors results/temperature_sweep.json
 	t=$$($(PY) -c "import json; print(json.load(open('results/temperature_sweep.json'))['chosen'])"); \
 	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate checkpoints/csm_reference.safetensors --turns=40 --unseen_turns=30 \
-	  --temperature=$$t
+	  --temperature=$$t --hours=20
 	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate probe checkpoints/csm_reference.safetensors results/reference_model_probe.json
 
 ## text-inputs: what should the backbone read? The model recipe with bpe, chars and phones, COMPARE_MINUTES of

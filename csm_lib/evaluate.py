@@ -25,6 +25,9 @@ share with the training split (``sentences.overlap``).
 ``results/reference_model.json``; ``python -m csm_lib.evaluate sweep MODEL OUT.json`` chooses that
 temperature on validation turns (``sweep_temperature``).
 
+``python -m csm_lib.evaluate losses OUT.json MODEL... --hours=20,40`` compares models (the stages of
+``make model``) by codebook-0 loss on the same windows of each corpus (``stage_losses``).
+
 ``judge_valid`` is the same judging, on a few validation turns, for ``train.train(cfg, judge=...)``
 (training reports it when ``judge_turns > 0``); ``probe`` asks whether a model reads its text.
 This module and ``train`` do not import each other: what both need (loading checkpoints) lives
@@ -109,12 +112,13 @@ def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0
     many turns of the ``unseen`` split (a wordnet corpus: words training never saw), under ``unseen_words``.
     """
     model, meta = load_model(model_path)
-    t = trained_with(meta, hours=hours, corpus_seed=corpus_seed)
+    t, own = trained_with(meta, hours=hours, corpus_seed=corpus_seed), trained_with(meta)
     tokenizer = model_tokenizer(model_path)
-    result = evaluate_model(model, t, max_turns, temperature, topk, max_audio_length_ms, seed, split, tokenizer)
+    result = evaluate_model(model, t, max_turns, temperature, topk, max_audio_length_ms, seed, split, tokenizer,
+                            train_t=own)
     if unseen_turns:
         unseen = evaluate_model(model, t, unseen_turns, temperature, topk, max_audio_length_ms, seed, "unseen",
-                                tokenizer)
+                                tokenizer, train_t=own)
         result["unseen_words"] = {k: v for k, v in unseen.items() if k not in ("provenance", "settings")}
     return {"model": str(model_path), "model_steps": meta.get("steps"),
             "measured_with": checkpoint.model_record(model_path)} | result
@@ -122,10 +126,13 @@ def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0
 
 def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
                    max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test",
-                   tokenizer: AnyTokenizer | None = None, without_context: bool = True, int8: bool = False) -> dict:
+                   tokenizer: AnyTokenizer | None = None, without_context: bool = True, int8: bool = False,
+                   train_t: dict | None = None) -> dict:
     """Judge ``model``, trained with the ``train.TrainConfig`` fields ``t`` (corpus, codec, its tokenizer).
 
-    ``int8``: generate with the fast path's dynamic INT8 linear layers (``inference.int8``)."""
+    ``int8``: generate with the fast path's dynamic INT8 linear layers (``inference.int8``).
+    ``train_t``: the settings the model was really trained with, when ``t`` names another corpus to
+    judge on; the overlap is counted against *its* training split (default: ``t``'s)."""
     was_training = model.training
     folder = corpus_folder(t)
     codec, _ = load_codec(t["codec"])
@@ -189,9 +196,9 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
                     "ended_by_eos_ci95": metrics.bootstrap_ci(lambda i: ended[i].mean(), len(judged))}
         return out
 
-    rows = data.load_manifest(folder)
-    shared = overlap([r["text"] for r in rows if r["split"] == "train"], [e["text"] for e in judged])
-    return {"corpus": folder.name, "corpus_text": t.get("text", "templates"),
+    train_folder = folder if train_t is None else corpus_folder(train_t)
+    shared = overlap([r["text"] for r in data.load_manifest(train_folder, "train")], [e["text"] for e in judged])
+    return {"corpus": folder.name, "train_corpus": train_folder.name, "corpus_text": t.get("text", "templates"),
             "text_input": t.get("text_input", "bpe"), "split": split, "turns": len(judged),
             "overlap_with_train": shared,
             "settings": {"temperature": temperature, "topk": topk, "max_audio_length_ms": max_audio_length_ms,
@@ -248,6 +255,39 @@ def training_windows(t: dict, tokenizer: AnyTokenizer | None = None) -> tuple[Co
     windows = split_windows(folder, data.load_manifest(folder), load_codec(t["codec"])[0], t["codec"],
                             tokenizer, t["max_len"])  # the codes cache training wrote
     return windows["train"], windows["valid"]
+
+
+def c0_loss(model: CSM, windows: ConversationWindows, n_windows: int, batch: int = 8) -> float:
+    """Mean codebook-0 cross-entropy (nats) over every audio frame of the first ``n_windows`` windows."""
+    import torch.nn.functional as F
+
+    K, total, frames_seen = model.cfg.n_codebooks, 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, min(n_windows, len(windows)), batch):
+            frames, mask = windows.batch(list(range(start, min(start + batch, n_windows, len(windows)))))
+            h = model.backbone(model.embed_frames(frames, mask), padding_mask=mask.any(-1))
+            ce = F.cross_entropy(model.codebook0_head(h[:, :-1]).transpose(1, 2), frames[:, 1:, 0], reduction="none")
+            audio = mask[:, 1:, :K].all(-1)  # (B, S-1): the target is an audio frame
+            total, frames_seen = total + float(ce[audio].sum()), frames_seen + int(audio.sum())
+    return round(total / frames_seen, 4)
+
+
+def stage_losses(model_paths: list[str | Path], hours: list[float], n_windows: int = 200) -> dict:
+    """Each model's codebook-0 loss on the first ``n_windows`` validation windows of each corpus of its
+    seed and ``hours`` (the models' own corpora hold out the same sentences): training's own evaluation
+    reads only 32 windows of the corpus it trains on, too few and not the same across stages."""
+    out = {"windows": n_windows, "models": {}, "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
+    for path in model_paths:
+        model, meta = load_model(path)
+        tok, losses = model_tokenizer(path), {}
+        for h in hours:
+            t = trained_with(meta, hours=h)
+            losses[corpus_folder(t).name] = {"hours": h, "train": c0_loss(model, training_windows(t, tok)[0],
+                                                                        n_windows),
+                                             "valid": c0_loss(model, training_windows(t, tok)[1], n_windows)}
+        out["models"][str(path)] = {"measured_with": checkpoint.model_record(path), "corpus": meta["data"]["corpus"],
+                                    "c0_loss": losses}
+    return out
 
 
 def probe(path: str | Path, n_windows: int = 40) -> dict:
@@ -324,6 +364,13 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint.atomic_write(Path(argv[2]), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
         print(json.dumps({k: (r["wer"], r["ended_by_eos"]) for k, r in result["temperatures"].items()}),
               "chosen", result["chosen"])
+        return
+    if argv[:1] == ["losses"]:  # python -m csm_lib.evaluate losses OUT.json MODEL... --hours=H1,H2 [--windows=N]
+        opts = dict(a[2:].split("=", 1) for a in argv[2:] if a.startswith("--"))
+        result = stage_losses([a for a in argv[2:] if not a.startswith("--")],
+                              [float(h) for h in opts["hours"].split(",")], int(opts.get("windows", 200)))
+        checkpoint.atomic_write(Path(argv[1]), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+        print(json.dumps({m: r["c0_loss"] for m, r in result["models"].items()}, indent=2))
         return
     if argv[:1] == ["probe"] and len(argv) == 3:  # python -m csm_lib.evaluate probe MODEL OUT.json
         result = probe(argv[1])

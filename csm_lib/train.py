@@ -21,7 +21,8 @@ model (a committed checkpoint, when ``runs/`` is gone): its weights, step, log a
 on; AdamW's moments start afresh, so the learning rate warms up again over ``warmup`` steps.
 ``--continue_from=MODEL.safetensors`` picks for you (``make model``, a recipe run over several
 sittings): resume ``<out>`` if it holds a state, else continue from MODEL if the same recipe made it,
-else start afresh (``resolve_start``).
+else start afresh (``resolve_start``); with ``--after=EARLIER.safetensors`` (a recipe's later stage,
+e.g. more data) it continues from that model instead of starting afresh, once it has finished.
 At the end, the weights and their provenance go to ``<out>/model.safetensors`` (+ ``.json``, which
 records the codec's fingerprint, the speaker ids and ``max_len``), the tokenizer beside them;
 ``generate.load_generator`` loads them with their codec.
@@ -94,6 +95,7 @@ class TrainConfig:
     resume: bool = False
     init: str = ""  # a finished model.safetensors to continue from (module docstring)
     continue_from: str = ""  # resume <out> if it has a state, else init from this model if it is this recipe's
+    after: str = ""  # a later stage of a recipe: else init from this model, once it has finished its own schedule
     data_root: str = str(data.DEFAULT_ROOT)
 
     def __post_init__(self) -> None:
@@ -251,6 +253,13 @@ def resolve_start(cfg: TrainConfig) -> TrainConfig:
         same = all(meta.get("train", {}).get(f, getattr(TrainConfig, f)) == getattr(cfg, f) for f in RECIPE_FIELDS)
         if same:  # a finished run (steps reached) continues with no step left: it is saved again as it is
             return replace(done, init=cfg.continue_from)
+    if cfg.after:  # a later stage (make model: more data) starts where the finished earlier stage ended
+        sidecar = Path(cfg.after).with_suffix(".json")
+        meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        if meta.get("steps", -1) < meta.get("train", {}).get("steps", 0):
+            raise SystemExit(f"{cfg.after} has not finished its schedule ({meta.get('steps', 'no model yet')} of "
+                             f"{meta.get('train', {}).get('steps', '?')} steps): train the earlier stage first")
+        return replace(done, after="", init=cfg.after)
     return done
 
 

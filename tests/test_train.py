@@ -222,6 +222,12 @@ def test_make_model_continues_from_a_committed_model_and_reads_phones(tmp_path):
     assert not fresh.resume and fresh.init == same["continue_from"]
     assert resolve_start(TrainConfig(out=str(tmp_path / "none"), continue_from=str(committed / "model.safetensors"),
                                      lr=1.0)) == TrainConfig(out=str(tmp_path / "none"), lr=1.0)  # another recipe
+    # a later stage of a recipe (--after): starts from the earlier stage once it has finished, never afresh
+    later = dict(out=str(tmp_path / "later"), continue_from=str(committed / "model.safetensors"), lr=1.0)
+    with pytest.raises(SystemExit, match="1 of 5 steps"):  # the committed run stopped after its first step
+        resolve_start(TrainConfig(**later, after=str(committed / "model.safetensors")))
+    stage = resolve_start(TrainConfig(**later, after=str(out / "model.safetensors")))
+    assert stage.init == str(out / "model.safetensors") and not stage.resume and not stage.after
     result = evaluate(out / "model.safetensors", max_turns=2, max_audio_length_ms=800, split="train")
     assert result["text_input"] == "phones" and result["overlap_with_train"]["turns"] == 2
     # the result names the weights it judged: trained on, the model is another (benchmarks keep the same record)
@@ -246,3 +252,17 @@ def test_total_seconds_adds_up_the_sittings_of_a_resumed_run():
 
     rows = [{"seconds": s} for s in ("1.0", "5.0", "9.0", "2.0", "6.0", "0.5", "3.0")]
     assert total_seconds(rows) == 9.0 + 6.0 + 3.0 and total_seconds([]) == 0.0
+
+
+def test_stage_losses_reads_the_loss_training_reports(windows):
+    """``evaluate.c0_loss`` (make model's stages compared on the same windows) is training's own codebook-0 loss."""
+    from csm_lib.evaluate import c0_loss
+    from csm_lib.model import CSM
+    from csm_lib.train import evaluate
+
+    w, mcfg, _ = windows
+    torch.manual_seed(0)
+    model = CSM(mcfg).eval()
+    cfg = TrainConfig(preset="tiny", batch=4, eval_batches=2)
+    assert c0_loss(model, w, 8, batch=3) == pytest.approx(evaluate(model, w, cfg, torch.device("cpu"))["valid_c0_loss"],
+                                                          abs=2e-4)
