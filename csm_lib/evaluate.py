@@ -282,9 +282,9 @@ def stage_losses(model_paths: list[str | Path], hours: list[float], n_windows: i
         tok, losses = model_tokenizer(path), {}
         for h in hours:
             t = trained_with(meta, hours=h)
-            losses[corpus_folder(t).name] = {"hours": h, "train": c0_loss(model, training_windows(t, tok)[0],
-                                                                        n_windows),
-                                             "valid": c0_loss(model, training_windows(t, tok)[1], n_windows)}
+            train_w, valid_w = training_windows(t, tok)
+            losses[corpus_folder(t).name] = {"hours": h, "train": c0_loss(model, train_w, n_windows),
+                                             "valid": c0_loss(model, valid_w, n_windows)}
         out["models"][str(path)] = {"measured_with": checkpoint.model_record(path), "corpus": meta["data"]["corpus"],
                                     "c0_loss": losses}
     return out

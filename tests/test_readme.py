@@ -84,6 +84,14 @@ def llama_stack_params() -> int:
     return layers * sum(p.numel() for p in block.parameters())
 
 
+def stage_loss(stage: int, hours: float, split: str) -> Callable[[dict], float]:
+    """The codebook-0 loss of make model's stage ``stage`` (1 or 2) on ``split`` windows of the corpus of ``hours``."""
+    def get(d: dict) -> float:
+        model = list(d["models"].values())[stage - 1]
+        return next(c[split] for c in model["c0_loss"].values() if c["hours"] == hours)
+    return get
+
+
 def threads(device: str) -> int:
     """'x86_64 CPU, 2 threads' -> 2."""
     return int(re.search(r"(\d+) threads?", device).group(1))
@@ -113,6 +121,9 @@ CK_3736 = "results/reference_3736_model.json"  # the reference's checkpoint JSON
 # results measured with the reference CSM: each says which (``measured_with``), or predates that record
 REFERENCE_RESULTS = ("results/reference_model.json", "results/inference.json", "results/latency_table.json",
                      "results/serving.json", "results/quality_table.json", "results/pronunciation.json")
+STAGES = "results/reference_stages.json"  # make model's two stages on the same windows (evaluate losses)
+REF_6000 = "results/reference_model_6000.json"  # make model-eval on the reference at the end of stage 1
+CK_6000 = "results/reference_6000_model.json"  # its checkpoint JSON
 FORTY = "results/reference_40h_model.json"
 OLD = "results/reference_model_40h_templates.json"
 INF = "results/inference.json"
@@ -559,11 +570,37 @@ ENTRIES = [
     ("| reference CSM training so far", CK, ["steps"], "{:,} of"),
     ("| reference CSM training so far", CK, ["train", "steps"], "of {:,} steps"),
     ("| reference CSM training so far", CK, ["train", "batch"], "of {} windows"),
-    ("| reference CSM training so far", CK, ["data", "train_hours"], "({:.1f} h train)"),
+    ("| reference CSM training so far", CK, ["data", "train_hours"], "model: {:.1f} h train)"),
+    ("| reference CSM training so far", CK_6000, ["steps"], "stage 1: {:,} steps on the"),
+    ("| reference CSM training so far", CK_6000, ["train", "hours"], "on the {:.0f} h corpus,"),
+    ("| reference CSM training so far", CK, ["train", "hours"], "stage 2 on the {:.0f} h corpus"),
+    ("| reference CSM training so far", CK, ["train", "init"],
+     lambda p: "from stage 1's model" if p.endswith("csm_reference.safetensors") else "?"),
     ("| reference CSM training so far", CK, ["train", "threads"], lambda n: "two CPU threads" if n == 2 else "?"),
     ("| reference CSM training so far", CK, lambda d: total_seconds(d["history"]) / 60, "| {:.0f} min;"),
     ("| reference CSM training so far", CK, ["valid", "valid_c0_loss"], "loss {:.2f} nats"),
     ("| reference CSM training so far", CK, lambda d: math.log(d["config"]["audio_vocab_size"]), "(chance {:.2f})"),
+    ("| the reference's two stages on the same", STAGES, ["windows"], "(the first {} of each split"),
+    ("| the reference's two stages on the same", CK_6000, ["steps"], "stage 1 (step {:,},"),
+    ("| the reference's two stages on the same", CK, ["steps"], "stage 2 (step {:,},"),
+    ("| the reference's two stages on the same", STAGES, stage_loss(1, 20, "train"), "| {:.2f} /"),
+    ("| the reference's two stages on the same", STAGES, stage_loss(2, 20, "train"), "/ {:.2f};"),
+    ("| the reference's two stages on the same", STAGES, stage_loss(1, 20, "valid"), "; {:.2f} /"),
+    ("| the reference's two stages on the same", STAGES, stage_loss(2, 20, "valid"), "/ {:.2f} nats"),
+    ("| the reference's two stages on the same", STAGES, lambda d: [m["measured_with"]["fingerprint"]
+                                                                    for m in d["models"].values()],
+     lambda f: "stage 2 (step" if f == [_load(REF_6000)["measured_with"]["fingerprint"],
+                                        fingerprint(ROOT / CK.replace(".json", ".safetensors"))] else "?"),
+    ("| the reference at the end of stage 1", CK_6000, ["steps"], "stage 1 (step {:,},"),
+    ("| the reference at the end of stage 1", CK_6000, ["train", "hours"], "{:.0f} h corpus)"),
+    ("| the reference at the end of stage 1", REF_6000, ["turns"], "the same {} held-out"),
+    ("| the reference at the end of stage 1", REF_6000, ["settings", "temperature"], "temperature {}:"),
+    ("| the reference at the end of stage 1", REF_6000, ["with_context", "wer"], "| {:.1%} ["),
+    ("| the reference at the end of stage 1", REF_6000, ["with_context", "wer_ci95"],
+     lambda c: f"[{c[0]:.1%}–{c[1]:.1%}]"),
+    ("| the reference at the end of stage 1", REF_6000, ["with_context", "sim"], "/ {:.3f};"),
+    ("| the reference at the end of stage 1", REF_6000, ["unseen_words", "with_context", "wer"], "; {:.1%};"),
+    ("| the reference at the end of stage 1", REF_6000, ["without_context", "wer"], "; {:.1%} |"),
     ("**The reference model now reads sentences", OLD, ["with_context", "wer"], "scored {:.1%} WER"),
     ("**The reference model now reads sentences", "results/reference_model_3736.json", ["with_context", "wer"],
      "from {:.1%} at step"),
@@ -571,10 +608,28 @@ ENTRIES = [
      "at step {:,} (temperature"),
     ("**The reference model now reads sentences", "results/reference_model_3736.json", ["settings", "temperature"],
      "(temperature {},"),
-    ("**The reference model now reads sentences", REF, ["with_context", "wer"], "to {:.1%} at step"),
-    ("**The reference model now reads sentences", REF, ["model_steps"], "at step {:,} (temperature"),
+    ("**The reference model now reads sentences", REF, ["with_context", "wer"], "WER {:.1%} ["),
+    ("**The reference model now reads sentences", REF, ["model_steps"], "at step\n{:,} (temperature"),
     ("**The reference model now reads sentences", REF, ["settings", "temperature"], "(temperature {}, chosen"),
-    ("**The reference model now reads sentences", CK, ["train", "steps"], "(the whole {:,}-step schedule)"),
+    ("**The reference model now reads sentences", CK_6000, ["train", "steps"], "(the whole\n{:,}-step schedule"),
+    ("**The reference model now reads sentences", CK_6000, ["train", "hours"], "on the {:.0f} h corpus, three"),
+    ("**The reference model now reads sentences", REF_6000, ["with_context", "wer"], "to {:.1%} at step 6,000"),
+    ("**The reference model now reads sentences", REF_6000, ["model_steps"], "at step {:,} (temperature\n"),
+    ("**The reference model now reads sentences", STAGES, stage_loss(1, 20, "train"), "was {:.2f} nats on training"),
+    ("**The reference model now reads sentences", STAGES, stage_loss(1, 20, "valid"), "turns and {:.2f} on\nheld-out"),
+    ("**The reference model now reads sentences", CK, ["train", "hours"], "gave it the {:.0f} h corpus"),
+    ("**The reference model now reads sentences", CK, lambda d: d["steps"] - _load(CK_6000)["steps"],
+     "for {:,} more steps"),
+    ("**The reference model now reads sentences", STAGES, stage_loss(2, 20, "valid"), "held-out loss\n{:.2f}"),
+    ("**The reference model now reads sentences", REF, ["with_context", "wer_ci95"],
+     lambda c: f"[{c[0]:.1%}–{c[1]:.1%}] at step"),
+    ("**The reference model now reads sentences", REF, ["ground_truth", "wer"], "(ground truth {:.1%}). The loss"),
+    ("**The reference model now reads sentences", REF_6000, ["unseen_words", "with_context", "wer"], "({:.1%} then,"),
+    ("**The reference model now reads sentences", REF, ["unseen_words", "with_context", "wer"], "then, {:.1%} now"),
+    ("**The reference model now reads sentences", REF, lambda d: d["ground_truth"]["wer"] + 0.10,
+     "(within 10 points: {:.1%} here) is not"),
+    ("**The reference model now reads sentences", REF,
+     lambda d: d["with_context"]["wer"] <= d["ground_truth"]["wer"] + 0.1, lambda met: "is not." if not met else "?"),
     ("**The reference model now reads sentences", "results/reference_model_probe.json",
      lambda d: d["train_text_scrambled"]["frames_10_29"] - d["train"]["frames_10_29"], "costs it {:.1f} nats"),
     ("| the template-corpus reference", FORTY, ["train", "hours"], "({:.0f} h,"),
@@ -772,6 +827,17 @@ def test_readme_names_the_results_an_earlier_reference_measured():
     assert named == behind, f"the README should name exactly these results as behind the reference: {sorted(behind)}"
     if behind:
         assert f"**Measured with the reference at step {_load(CK_3736)['steps']:,}" in readme()
+
+
+def test_the_reference_is_judged_on_sentences_its_own_training_never_read():
+    """``results/reference_model.json`` counts its overlap against the corpus the current reference was trained
+    on (stage 2 of ``make model`` trains on a larger corpus than the one whose test turns it is judged on)."""
+    ref, ck = _load(REF), _load(CK)
+    assert ref["measured_with"]["fingerprint"] == fingerprint(ROOT / CK.replace(".json", ".safetensors"))
+    for judged in (ref, ref["unseen_words"]):
+        assert judged["train_corpus"] == ck["data"]["corpus"]
+        assert judged["overlap_with_train"]["sentences_in_train"] == 0
+        assert judged["overlap_with_train"]["turns_in_train"] == 0
 
 
 @cache
