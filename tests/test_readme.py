@@ -926,3 +926,24 @@ def test_up1_rounds_up():
         ["5e-7", "5e-8", "9e-8", "3e-8", "1e-4", "1e-4", "0"]
     for x in (1.234e-7, 9.99e-9, 2.98e-8):
         assert float(up1(x)) >= x
+
+
+def test_chapter_07_says_what_the_reference_measured():
+    """Chapter 07's "What we measured" quotes the reference's numbers: they are kept equal to the results."""
+    nb = json.loads((ROOT / "notebooks/07_training.ipynb").read_text())
+    box = next("".join(c["source"]) for c in nb["cells"] if "".join(c["source"]).startswith("## What we measured"))
+    bullet = box.split("* the reference model on real sentences", 1)[1].split("\n* ", 1)[0]
+    ref, old, stages = _load(REF), _load(REF_6000), _load(STAGES)
+    w, u = ref["with_context"], ref["unseen_words"]["with_context"]
+    said = [f"WER {old['with_context']['wer']:.1%}", f"{stage_loss(1, 20, 'train')(stages):.2f} nats",
+            f"against {stage_loss(1, 20, 'valid')(stages):.2f}",
+            f"held-out loss {stage_loss(2, 20, 'valid')(stages):.2f}",
+            f"temperature {ref['settings']['temperature']}", f"WER {w['wer']:.1%} [{w['wer_ci95'][0]:.1%}"[:-1],
+            f"{u['wer']:.1%} [", f"SIM {w['sim']:.3f}", f"against {ref['without_context']['sim']:.3f}",
+            f"style error {w['style_error']:.2f}", f"against {ref['without_context']['style_error']:.2f}",
+            f"{w['duration_ratio_median']:.2f} times", f"WER is {ref['without_context']['wer']:.1%}",
+            f"{ref['unseen_words']['ground_truth']['wer']:.1%};",
+            f"{old['unseen_words']['with_context']['wer']:.1%} at"]
+    text = " ".join(bullet.split())
+    missing = [s for s in said if s not in text]
+    assert not missing, f"chapter 07's bullet should say {missing}"
