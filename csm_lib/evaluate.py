@@ -222,6 +222,15 @@ def judge_valid(model: CSM, t: dict) -> dict:
 
 
 @torch.no_grad()
+def c0_cross_entropy(model: CSM, frames: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codebook-0 cross-entropy at every next position of a batch (B, S, K+1) -> (ce, is_audio), both (B, S-1)."""
+    import torch.nn.functional as F
+
+    h = model.backbone(model.embed_frames(frames, mask), padding_mask=mask.any(-1))
+    ce = F.cross_entropy(model.codebook0_head(h[:, :-1]).transpose(1, 2), frames[:, 1:, 0], reduction="none")
+    return ce, mask[:, 1:, : model.cfg.n_codebooks].all(-1)  # the target is an audio frame
+
+
 def loss_by_turn_position(model, windows, indices: list[int], scramble_text: bool = False, seed: int = 0) -> dict:
     """Codebook-0 cross-entropy by frame position within its turn: does the model read the text?
 
@@ -229,17 +238,13 @@ def loss_by_turn_position(model, windows, indices: list[int], scramble_text: boo
     text; one that reads the text does well from the start and badly once the text is scrambled.
     Returns mean nats for frames 1-2, 3-9, 10-29 and 30+ of each turn.
     """
-    import torch.nn.functional as F
-
     K = model.cfg.n_codebooks
     frames, mask = windows.batch(indices)
     if scramble_text:
         text = mask[..., K]
         g = torch.Generator().manual_seed(seed)
         frames[..., K][text] = frames[..., K][text][torch.randperm(int(text.sum()), generator=g)]
-    h = model.backbone(model.embed_frames(frames, mask), padding_mask=mask.any(-1))
-    ce = F.cross_entropy(model.codebook0_head(h[:, :-1]).transpose(1, 2), frames[:, 1:, 0], reduction="none")
-    audio = mask[:, 1:, :K].all(-1)  # (B, S-1): target is an audio frame
+    ce, audio = c0_cross_entropy(model, frames, mask)
     position = torch.zeros_like(ce, dtype=torch.long)  # 1 for a turn's first audio frame, 2 next, ...
     for s in range(ce.shape[1]):
         position[:, s] = torch.where(audio[:, s], (position[:, s - 1] if s else 0) + 1, 0)
@@ -259,21 +264,17 @@ def training_windows(t: dict, tokenizer: AnyTokenizer | None = None) -> tuple[Co
 
 def c0_loss(model: CSM, windows: ConversationWindows, n_windows: int, batch: int = 8) -> float:
     """Mean codebook-0 cross-entropy (nats) over every audio frame of the first ``n_windows`` windows."""
-    import torch.nn.functional as F
-
-    K, total, frames_seen = model.cfg.n_codebooks, 0.0, 0
+    total, frames_seen = 0.0, 0
     with torch.inference_mode():
         for start in range(0, min(n_windows, len(windows)), batch):
-            frames, mask = windows.batch(list(range(start, min(start + batch, n_windows, len(windows)))))
-            h = model.backbone(model.embed_frames(frames, mask), padding_mask=mask.any(-1))
-            ce = F.cross_entropy(model.codebook0_head(h[:, :-1]).transpose(1, 2), frames[:, 1:, 0], reduction="none")
-            audio = mask[:, 1:, :K].all(-1)  # (B, S-1): the target is an audio frame
+            ce, audio = c0_cross_entropy(model, *windows.batch(list(range(start, min(start + batch, n_windows,
+                                                                                          len(windows))))))
             total, frames_seen = total + float(ce[audio].sum()), frames_seen + int(audio.sum())
     return round(total / frames_seen, 4)
 
 
 def stage_losses(model_paths: list[str | Path], hours: list[float], n_windows: int = 200) -> dict:
-    """Each model's codebook-0 loss on the first ``n_windows`` validation windows of each corpus of its
+    """Each model's codebook-0 loss on the first ``n_windows`` training and validation windows of each corpus of its
     seed and ``hours`` (the models' own corpora hold out the same sentences): training's own evaluation
     reads only 32 windows of the corpus it trains on, too few and not the same across stages."""
     out = {"windows": n_windows, "models": {}, "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
