@@ -417,8 +417,7 @@ def first_audio_floor(gen: Generator, peak_gflops: float, n_turns: int = 2) -> d
     parts[new_text] = flops(lambda: gen.fast.prefill(text, tmask, gen.fast.new_cache(1, text.shape[1])))
     parts["prefill context"] -= parts[new_text]
     h = torch.zeros(1, gen.model.cfg.backbone.dim)
-    decoder_cache = KVCache(gen.model.cfg.decoder, 1, max_len=K)
-    parts["first frame"] = flops(lambda: gen.fast.decode_frame(h, decoder_cache, 0.0, 1, None, None))
+    parts["first frame"] = flops(lambda: gen.fast.decode_frame(h, 0.0, 1, None, None))
     parts["decode it"] = flops(lambda: StreamingDecoder(gen.codec).push(codes[..., None]))
     mflop = {k: round(v / 1e6, 1) for k, v in parts.items()}
     stateless = sum(parts.values())

@@ -9,9 +9,10 @@ same function with the same weights and removes that overhead:
 
 1. **fused projections**: q, k and v are one matmul with one ``((H + 2G) * Dh, D)`` weight; the
    MLP's gate and up another. Fewer, larger matmuls: fewer dispatches, one read of the input.
-2. **preallocated caches, reused**: the backbone's KV cache is sized once for the whole prompt
-   and reply; the audio decoder's K-position cache is rewound (``length = 0``) each frame, not
-   reallocated.
+2. **caches that cost nothing per frame**: the backbone's KV cache is preallocated once for the
+   whole prompt and reply and written in place; the audio decoder's K positions live only inside
+   one frame, kept as tensors that grow by concatenation (``GrowingCache``), which the compiled
+   frame fuses like any other arithmetic.
 3. **no mask for one position**: a single new query may see every cached key, so decoding one
    position is SDPA without a mask (``attention="sdpa"``, the default: PyTorch's CPU flash
    kernel), or plain ``softmax(q K^T) V`` over the cache (``"math"``, the same numbers written
@@ -105,6 +106,34 @@ def write_kv(keys: torch.Tensor, values: torch.Tensor, layer: int, k: torch.Tens
     values[layer, :, :, start:start + v.shape[2]] = v
 
 
+class GrowingCache:
+    """The audio decoder's keys and values within one frame: at most K positions, kept as tensors that
+    grow by concatenation. Inside the compiled frame this is pure arithmetic, no write into a buffer:
+    the decoder's 2 x 7 cache writes per frame were ``write_kv`` calls (~70 us each, measured: ~1 ms of
+    a ~9 ms frame) and become part of the fused graph.
+    """
+
+    def __init__(self, cfg: TransformerConfig):
+        self.max_len = cfg.max_seq_len
+        self.k: list[torch.Tensor | None] = [None] * cfg.n_layers  # each (B, G, length, Dh)
+        self.v: list[torch.Tensor | None] = [None] * cfg.n_layers
+        self.length = 0
+
+
+def store(cache: KVCache | GrowingCache, layer: int, k: torch.Tensor,
+          v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append ``k``/``v`` (B, G, S, Dh) after the cached positions of ``layer`` -> all its keys/values so far,
+    each (B, G, length + S, Dh). The caller advances ``cache.length`` once every layer has stored."""
+    if isinstance(cache, GrowingCache):
+        if cache.k[layer] is not None:
+            k, v = torch.cat([cache.k[layer], k], dim=2), torch.cat([cache.v[layer], v], dim=2)
+        cache.k[layer], cache.v[layer] = k, v
+        return k, v
+    end = cache.length + k.shape[2]
+    write_kv(cache.k, cache.v, layer, k, v, cache.length)
+    return cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]  # (B, G, end, Dh)
+
+
 class FusedBlock(nn.Module):
     """A ``backbone.Block`` with fused q/k/v and gate/up projections, for inference."""
 
@@ -121,16 +150,15 @@ class FusedBlock(nn.Module):
         self.gate_up = fused_linear(m.gate_proj, m.up_proj)  # D -> 2 * hidden
         self.down_proj = copied_linear(m.down_proj)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | GrowingCache,
                 attention: str) -> torch.Tensor:
         """``x`` (B, S, D): the positions after ``cache.length`` -> (B, S, D); their K/V go into ``cache``."""
         B, S, D = x.shape
         H, G = self.H, self.G
         qkv = self.qkv(F.rms_norm(x, (D,), self.attn_norm, self.eps)).view(B, S, H + 2 * G, self.Dh)
         qk = rope(qkv[:, :, : H + G], cos, sin)  # q and k rotated together
-        start, end = cache.length, cache.length + S
-        write_kv(cache.k, cache.v, self.layer, qk[:, :, H:].transpose(1, 2), qkv[:, :, H + G:].transpose(1, 2), start)
-        keys, values = cache.k[self.layer, :, :, :end], cache.v[self.layer, :, :, :end]  # (B, G, end, Dh)
+        start = cache.length
+        keys, values = store(cache, self.layer, qk[:, :, H:].transpose(1, 2), qkv[:, :, H + G:].transpose(1, 2))
         x = x + self.o_proj(attend(qk[:, :, :H], keys, values, start, attention))
         gate, up = self.gate_up(F.rms_norm(x, (D,), self.mlp_norm, self.eps)).chunk(2, dim=-1)
         return x + self.down_proj(F.silu(gate) * up)
@@ -150,7 +178,8 @@ class FastTransformer(nn.Module):
         self.register_buffer("cos", t.rope_cos.clone()[:, None])  # (S_max, 1, Dh)
         self.register_buffer("sin", sin[:, None])
 
-    def forward(self, x: torch.Tensor, cache: KVCache, attention: str = "sdpa", last_only: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | GrowingCache, attention: str = "sdpa",
+                last_only: bool = True) -> torch.Tensor:
         """``x`` (B, S, D), the positions after those in ``cache`` -> the last one's state (B, D)
         (every position's, (B, S, D), with ``last_only=False``)."""
         start, S = cache.length, x.shape[1]
@@ -194,7 +223,6 @@ class FastCSM(nn.Module):
         self.codebook0_head = copied_linear(model.codebook0_head)
         self.register_buffer("audio_head", model.audio_head.detach().clone())  # (K-1, Dd, V)
         self.register_buffer("offsets", torch.arange(cfg.n_codebooks) * cfg.audio_vocab_size)  # (K,)
-        self.decoder_cache: KVCache | None = None
         self.compiled_frame = self.compiled_feed = None  # set by compile()
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
@@ -230,10 +258,16 @@ class FastCSM(nn.Module):
         is hundreds of tiny ops, and their dispatch, not the arithmetic, is most of its time. The
         backbone is compiled with ``dynamic=True``: the number of cached positions is a symbol, so
         one graph serves every position and cache size. Prefills (many positions at once) stay eager.
-        The first call of each setting compiles (~35-60 s on two CPU cores).
+        Two options (chapter 08 measures them; frame + feed on 2 threads went from ~9 ms to ~5 ms):
+        ``cpp_wrapper``: the code that calls those kernels is C++ too (by default it is Python), so a
+        frame is one call into C++, not ~100 Python-launched kernels; ``max_autotune``: each matmul
+        is timed as MKL's and as inductor's own C++ GEMM template, and the faster kept (at batch 1
+        the template, with the matmul's neighbours fused into it, wins). The first call of each
+        setting compiles and tunes (~1-2 min on two CPU cores).
         """
-        self.compiled_frame = torch.compile(self.decode_frame, dynamic=False)
-        self.compiled_feed = torch.compile(self.backbone.forward, dynamic=True)
+        options = {"cpp_wrapper": True, "max_autotune": True}
+        self.compiled_frame = torch.compile(self.decode_frame, dynamic=False, options=options)
+        self.compiled_feed = torch.compile(self.backbone.forward, dynamic=True, options=options)
         return self
 
     @torch.inference_mode()
@@ -243,14 +277,9 @@ class FastCSM(nn.Module):
 
         ``prefix`` (B, j): codes imposed on the first j codebooks (speculative decoding's corrections).
         """
-        B = h.shape[0]
-        if self.decoder_cache is None or self.decoder_cache.k.shape[1] != B:
-            self.decoder_cache = KVCache(self.cfg.decoder, B, max_len=self.cfg.n_codebooks, dtype=h.dtype,
-                                         device=h.device)
-        self.decoder_cache.reset()  # rewound, not reallocated
         decode = self.compiled_frame or self.decode_frame
-        return decode(h, self.decoder_cache, temperature, topk, generator, prefix,
-                      self.draws(B, temperature, topk, generator, prefix))
+        noise = self.draws(h.shape[0], temperature, topk, generator, prefix)
+        return decode(h, temperature, topk, generator, prefix, noise)
 
     def draws(self, B: int, temperature: float, topk: int, generator: torch.Generator | None,
               prefix: torch.Tensor | None) -> list[torch.Tensor | None] | None:
@@ -277,19 +306,14 @@ class FastCSM(nn.Module):
         B = h.shape[0]
         if len(settings) != B:
             raise ValueError(f"{B} rows of h but {len(settings)} settings")
-        if self.decoder_cache is None or self.decoder_cache.k.shape[1] != B:
-            self.decoder_cache = KVCache(self.cfg.decoder, B, max_len=self.cfg.n_codebooks, dtype=h.dtype,
-                                         device=h.device)
-        self.decoder_cache.reset()
         temperatures, topks, generators = (list(x) for x in zip(*settings, strict=True))
-        return self.decode_frame(h, self.decoder_cache, temperatures, topks, generators, None)
+        return self.decode_frame(h, temperatures, topks, generators, None)
 
-    def decode_frame(self, h: torch.Tensor, cache: KVCache, temperature: float, topk: int,
-                     generator: torch.Generator | None, prefix: torch.Tensor | None,
-                     noise: list[torch.Tensor | None] | None = None) -> torch.Tensor:
-        """``frame``'s work, with the decoder's (empty) ``cache`` and the draws (``draws``) given: what
-        ``compile`` compiles."""
+    def decode_frame(self, h: torch.Tensor, temperature: float, topk: int, generator: torch.Generator | None,
+                     prefix: torch.Tensor | None, noise: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """``frame``'s work, with the draws (``draws``) given: what ``compile`` compiles."""
         K, V = self.cfg.n_codebooks, self.cfg.audio_vocab_size
+        cache = GrowingCache(self.cfg.decoder)  # the decoder's K positions, this frame only
 
         def pick(k: int, logits: torch.Tensor) -> torch.Tensor:
             if prefix is not None and k < prefix.shape[1]:
