@@ -33,11 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from csm_lib import frames as Fr
-from csm_lib.backbone import KVCache
 from csm_lib.bench import median_ms, threads_set
 from csm_lib.codec import StreamingDecoder
 from csm_lib.generate import Conversation, Generator, Segment, as_heard, load_generator
-from csm_lib.inference import FastCSM, int8, plain_frames
+from csm_lib.inference import FastCSM, LayerCache, int8, plain_frames
 from csm_lib.model import CSM, PRESETS, CSMConfig
 from csm_lib.progress import progress
 from csm_lib.speculative import speculative_frames
@@ -142,7 +141,7 @@ def vs_transformers(gen: Generator, compiled: FastCSM, n_frames: int = 40, repea
 # ----------------------------------------------------------------------------- context length, attention
 
 
-def step_ms(fast: FastCSM, cache: KVCache, at: int, steps: int = 8) -> list[float]:
+def step_ms(fast: FastCSM, cache: LayerCache, at: int, steps: int = 8) -> list[float]:
     """Seconds of each of ``steps`` frames (feed + frame) after ``at`` cached positions."""
     codes = torch.ones(1, fast.cfg.n_codebooks, dtype=torch.long)
     out = []

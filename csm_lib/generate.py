@@ -47,10 +47,10 @@ import torch
 from csm_lib import audio as A
 from csm_lib import checkpoint
 from csm_lib import frames as Fr
-from csm_lib.backbone import KVCache, TransformerConfig
+from csm_lib.backbone import TransformerConfig
 from csm_lib.codec import Codec, CodecConfig, StreamingDecoder
 from csm_lib.dataset import fingerprint
-from csm_lib.inference import FastCSM
+from csm_lib.inference import FastCSM, LayerCache
 from csm_lib.model import CSM, CSMConfig
 from csm_lib.outputs import REPO
 from csm_lib.seed_model import SeedCSM
@@ -240,10 +240,10 @@ class Generator:
             yield from self.model.frames(frames, mask, max_frames, temperature, topk, seed, stop_at_end)
             return
         cache = self.fast.new_cache(1, frames.shape[1] + max_frames)
-        h = self.fast.prefill(frames.to(cache.k.device), mask.to(cache.k.device), cache)
+        h = self.fast.prefill(frames.to(cache.device), mask.to(cache.device), cache)
         yield from self.continue_frames(h, cache, max_frames, temperature, topk, seed, stop_at_end)
 
-    def continue_frames(self, h: torch.Tensor, cache: KVCache, max_frames: int, temperature: float, topk: int,
+    def continue_frames(self, h: torch.Tensor, cache: LayerCache, max_frames: int, temperature: float, topk: int,
                         seed: int | None, stop_at_end: bool = True) -> Iterator[torch.Tensor]:
         """Frames after backbone state ``h`` (1, D), each fed back into ``cache`` before the next is drawn.
 
@@ -391,7 +391,7 @@ class Conversation:
         return self.cache.length
 
     def _run(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.gen.fast.prefill(frames[None].to(self.cache.k.device), mask[None].to(self.cache.k.device),
+        return self.gen.fast.prefill(frames[None].to(self.cache.device), mask[None].to(self.cache.device),
                                      self.cache)
 
     def add(self, segment: Segment) -> None:
@@ -451,7 +451,7 @@ class Conversation:
         """The turn of ``start_turn``, with the frames ``generated`` for it (each ``(1, K)``), joins the
         conversation as ``Segment(codes=...)`` lays it out: its text, its frames, end of speech."""
         gen, (frames, mask) = self.gen, turn["frames"]
-        end_of_speech = torch.zeros(1, gen.model.cfg.n_codebooks, dtype=torch.long, device=self.cache.k.device)
+        end_of_speech = torch.zeros(1, gen.model.cfg.n_codebooks, dtype=torch.long, device=self.cache.device)
         fed = self.cache.length - turn["start"] - len(frames)
         for codes in [*generated[fed:], end_of_speech]:
             gen.fast.feed(codes, self.cache)  # those not fed yet

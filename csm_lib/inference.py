@@ -91,26 +91,38 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
     return out.transpose(1, 2).reshape(B, S, H * Dh)
 
 
-@torch.library.custom_op("csm_lib::write_kv", mutates_args=("keys", "values"))
-def write_kv(keys: torch.Tensor, values: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tensor,
-             start: int) -> None:
-    """Store one layer's new ``k``/``v`` (B, G, S, Dh) at positions ``start..`` of the cache's ``keys``/``values``
-    (L, B, G, S_max, Dh), in place: ``KVCache.update``'s write.
+class LayerCache:
+    """The backbone's keys and values on the fast path: one preallocated (B, G, S_max, Dh) tensor per
+    layer for each, written in place at the new positions (``store``).
 
-    Declared as an op that mutates its first two arguments, so that ``torch.compile`` calls it as it is.
-    Traced as slicing, the compiled graph treated the whole preallocated cache as a value to rebuild,
-    and a frame's time grew with the cache's *size* (measured: 2.4 ms for 100 positions, 3.5 for
-    2,048, with 50 used).
+    ``KVCache`` (backbone.py) keeps all layers in one (L, B, G, S_max, Dh) tensor. Compiled, a write
+    into one layer of it is a write into a *view* of a graph input, and inductor rebuilt the whole
+    layer to make it: a frame's time grew with the cache's *size* (measured: 3.0 ms per frame with
+    200 positions allocated, 4.0-6.1 with 2,048, 50 used). One tensor per layer is a graph input
+    of its own, which ``index_copy_`` writes in place, whatever its size.
     """
-    keys[layer, :, :, start:start + k.shape[2]] = k
-    values[layer, :, :, start:start + v.shape[2]] = v
+
+    def __init__(self, cfg: TransformerConfig, batch_size: int, max_len: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu"):
+        self.max_len = max_len
+        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        self.length = 0  # positions filled so far (all layers advance together)
+
+    @property
+    def device(self) -> torch.device:
+        return self.k[0].device
+
+    def reset(self) -> None:
+        self.length = 0
 
 
 class GrowingCache:
     """The audio decoder's keys and values within one frame: at most K positions, kept as tensors that
     grow by concatenation. Inside the compiled frame this is pure arithmetic, no write into a buffer:
-    the decoder's 2 x 7 cache writes per frame were ``write_kv`` calls (~70 us each, measured: ~1 ms of
-    a ~9 ms frame) and become part of the fused graph.
+    the decoder's 2 x 7 cache writes per frame, each a call out of the compiled code when the decoder
+    had a preallocated cache (~70 us each, measured: ~1 ms of a ~9 ms frame), become part of the fused graph.
     """
 
     def __init__(self, cfg: TransformerConfig):
@@ -120,7 +132,10 @@ class GrowingCache:
         self.length = 0
 
 
-def store(cache: KVCache | GrowingCache, layer: int, k: torch.Tensor,
+AnyCache = LayerCache | KVCache | GrowingCache
+
+
+def store(cache: AnyCache, layer: int, k: torch.Tensor,
           v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Append ``k``/``v`` (B, G, S, Dh) after the cached positions of ``layer`` -> all its keys/values so far,
     each (B, G, length + S, Dh). The caller advances ``cache.length`` once every layer has stored."""
@@ -129,9 +144,11 @@ def store(cache: KVCache | GrowingCache, layer: int, k: torch.Tensor,
             k, v = torch.cat([cache.k[layer], k], dim=2), torch.cat([cache.v[layer], v], dim=2)
         cache.k[layer], cache.v[layer] = k, v
         return k, v
-    end = cache.length + k.shape[2]
-    write_kv(cache.k, cache.v, layer, k, v, cache.length)
-    return cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]  # (B, G, end, Dh)
+    start, end = cache.length, cache.length + k.shape[2]
+    positions = torch.arange(start, end, device=k.device)
+    cache.k[layer].index_copy_(2, positions, k)  # in place, also when compiled (LayerCache)
+    cache.v[layer].index_copy_(2, positions, v)
+    return cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
 
 
 class FusedBlock(nn.Module):
@@ -150,7 +167,7 @@ class FusedBlock(nn.Module):
         self.gate_up = fused_linear(m.gate_proj, m.up_proj)  # D -> 2 * hidden
         self.down_proj = copied_linear(m.down_proj)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | GrowingCache,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: AnyCache,
                 attention: str) -> torch.Tensor:
         """``x`` (B, S, D): the positions after ``cache.length`` -> (B, S, D); their K/V go into ``cache``."""
         B, S, D = x.shape
@@ -178,7 +195,7 @@ class FastTransformer(nn.Module):
         self.register_buffer("cos", t.rope_cos.clone()[:, None])  # (S_max, 1, Dh)
         self.register_buffer("sin", sin[:, None])
 
-    def forward(self, x: torch.Tensor, cache: KVCache | GrowingCache, attention: str = "sdpa",
+    def forward(self, x: torch.Tensor, cache: AnyCache, attention: str = "sdpa",
                 last_only: bool = True) -> torch.Tensor:
         """``x`` (B, S, D), the positions after those in ``cache`` -> the last one's state (B, D)
         (every position's, (B, S, D), with ``last_only=False``)."""
@@ -225,11 +242,11 @@ class FastCSM(nn.Module):
         self.register_buffer("offsets", torch.arange(cfg.n_codebooks) * cfg.audio_vocab_size)  # (K,)
         self.compiled_frame = self.compiled_feed = None  # set by compile()
 
-    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+    def new_cache(self, batch_size: int, max_len: int) -> LayerCache:
         """A backbone KV cache for ``max_len`` positions (at most the backbone's window)."""
         p = self.audio_table
-        return KVCache(self.cfg.backbone, batch_size, min(max_len, self.cfg.backbone.max_seq_len),
-                       dtype=p.dtype, device=p.device)
+        return LayerCache(self.cfg.backbone, batch_size, min(max_len, self.cfg.backbone.max_seq_len),
+                          dtype=p.dtype, device=p.device)
 
     def embed(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Frames and mask (B, S, K+1) -> summed embeddings of the present columns (B, S, D)."""
@@ -239,12 +256,12 @@ class FastCSM(nn.Module):
         return (audio * mask[..., :K, None]).sum(2) + text * mask[..., K, None]
 
     @torch.inference_mode()
-    def prefill(self, frames: torch.Tensor, mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def prefill(self, frames: torch.Tensor, mask: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """Run the positions ``frames``/``mask`` (B, S, K+1) after those in ``cache`` -> the last state (B, D)."""
         return self.backbone(self.embed(frames, mask), cache, self.attention)
 
     @torch.inference_mode()
-    def feed(self, codes: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def feed(self, codes: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """Append one audio frame ``codes`` (B, K) to ``cache`` -> the state after it (B, D)."""
         x = self.audio_table[codes + self.offsets].sum(1, keepdim=True)  # (B, 1, D)
         return (self.compiled_feed or self.backbone)(x, cache, self.attention)

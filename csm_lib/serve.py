@@ -247,7 +247,7 @@ class Stream:
 
     job: str
     h: object  # (1, D) backbone state the next frame is drawn from
-    cache: object  # its KVCache (a kept conversation's own cache, or one made for this request)
+    cache: object  # its LayerCache (a kept conversation's own cache, or one made for this request)
     settings: tuple  # (temperature, topk, torch.Generator or None)
     max_frames: int
     decoder: object  # its codec StreamingDecoder

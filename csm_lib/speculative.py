@@ -31,7 +31,7 @@ import torch
 
 from csm_lib import frames as Fr
 from csm_lib.backbone import KVCache
-from csm_lib.inference import FastCSM
+from csm_lib.inference import FastCSM, LayerCache
 
 
 def draft_frames(history: list[torch.Tensor], ngram: int, d: int) -> list[torch.Tensor]:
@@ -67,7 +67,7 @@ def agree(logits: torch.Tensor, x: int, temperature: float, topk: int,
 
 
 @torch.inference_mode()
-def verify(fast: FastCSM, h: torch.Tensor, cache: KVCache, draft: list[torch.Tensor], temperature: float, topk: int,
+def verify(fast: FastCSM, h: torch.Tensor, cache: LayerCache, draft: list[torch.Tensor], temperature: float, topk: int,
            generator: torch.Generator | None) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor]:
     """Check ``draft`` (d frames, (K,) each) after backbone state ``h`` (1, D), whose frames are in ``cache``.
 
