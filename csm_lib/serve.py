@@ -18,8 +18,7 @@ do not add up (chapter 11 measures it) and one worker per core does. Inside a wo
 turns frame by frame: a new request is admitted at the next frame boundary and its first chunk
 (prompt, prefill, one frame, one codec step) goes out before the older streams continue. No state
 is shared between streams: each has its own KV cache and its own ``StreamingDecoder``; the audio
-decoder's scratch cache (``FastCSM.frame``) is reused only between frames of one worker, which
-runs one frame at a time.
+decoder's positions live only inside one frame (``inference.GrowingCache``).
 
 The first chunk is one frame (80 ms of audio, so the first bytes leave as early as possible); the
 later ones ``chunk_frames`` frames (4 by default): the codec's causal decoder costs about as much
