@@ -301,7 +301,9 @@ def conversation_with(gen: Generator, context: list[Segment]) -> Conversation:
 
 def frame_decoding(gen: Generator) -> str:
     """How ``gen`` makes its frames, for the record."""
-    return "compiled (Generator.compile)" if gen.fast.compiled_frame else "eager"
+    if not gen.fast.compiled_frame:
+        return "eager"
+    return "compiled (Generator.compile)" if gen.codec.stream_features else "frames compiled, codec eager"
 
 
 def heard(stream, sr: int) -> tuple[float, float, int, int]:
@@ -596,8 +598,13 @@ def bench_inference(threads: int = 2, repeats: int = 5, quality_turns: int = 20)
         t0 = time.perf_counter()
         record["compile"], compiled = compile_fast(gen, repeats=repeats)  # first: a fresh process compiles
         print(f"compile: {time.perf_counter() - t0:.1f} s", flush=True)
-        served = copy.copy(gen)  # what a server runs: the same generator with its frames compiled
+        served = copy.copy(gen)  # what a server runs: the generator with its frames and its streaming decoder compiled
         served.fast = compiled
+        served.codec = copy.deepcopy(gen.codec).compile_streaming()
+        t0 = time.perf_counter()
+        for chunk in (1, 4):  # warm-up: pushes of one frame and of several compile once each
+            list(served.stream(REPLY, 0, chunk_frames=chunk, max_audio_length_ms=2000, seed=0))
+        record["compile"]["warm_up_codec_s"] = round(time.perf_counter() - t0, 1)
         stages = {
             "vs_transformers": lambda: vs_transformers(gen, compiled, repeats=repeats + 2),
             "context": lambda: per_frame_vs_context(gen, repeats=repeats),

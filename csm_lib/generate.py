@@ -301,11 +301,13 @@ class Generator:
 
     def compile(self) -> Generator:
         """``torch.compile`` the work of each frame (``FastCSM.compile``: its decoding and its pass back
-        through the backbone): same codes, less time per frame (chapter 08). The first frame of each
-        sampling setting compiles (seconds)."""
+        through the backbone) and the codec's streaming decoder (``Codec.compile_streaming``): same
+        codes, same audio within float rounding, less time per frame (chapter 08). The first frame of
+        each sampling setting, and the first pushes, compile (a minute or two)."""
         if self.fast is None:
             raise ValueError("the seed's variants (SeedCSM) have no fast path to compile")
         self.fast.compile()
+        self.codec.compile_streaming()
         return self
 
 

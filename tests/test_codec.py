@@ -55,6 +55,25 @@ def test_streaming_decode_equals_offline(tiny, chunk):
     assert (streamed - offline).abs().max() <= 1e-4
 
 
+def test_compiled_streaming_decode_equals_offline():
+    """Codec.compile_streaming (Generator.compile): the same audio, pushes of any size, depthwise convolutions
+    as shifted products (CausalConv1d.depthwise) included."""
+    codec = Codec(PRESETS["tiny"]).eval()
+    codes = codec.encode(torch.randn(1, 7 * 1280) * 0.1)
+    offline = codec.decode(codes)
+    conv = codec.decoder[1].dwconv
+    x = torch.randn(1, conv.in_channels, 6 + 5)
+    assert torch.allclose(conv.depthwise(x), torch.nn.functional.conv1d(x, conv.weight, conv.bias, groups=conv.groups),
+                          atol=1e-6)
+    codec.compile_streaming()
+    for sizes in ([1, 2, 4], [3, 3, 1]):
+        dec, f, pieces = StreamingDecoder(codec), 0, []
+        for n in sizes:
+            pieces.append(dec.push(codes[..., f:f + n]))
+            f += n
+        assert (torch.cat([*pieces, dec.flush()], dim=-1) - offline).abs().max() <= 1e-4
+
+
 def test_two_streaming_decoders_on_one_codec_keep_their_own_state(tiny):
     """Two conversations streamed on one codec, a frame of each in turn: neither disturbs the other."""
     codes_a = tiny.encode(torch.randn(1, 6 * 1280) * 0.1)
