@@ -72,7 +72,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from csm_lib import checkpoint
 from csm_lib.audio import wav_bytes
-from csm_lib.generate import MIN_TEMPERATURE, REFERENCE_CODEC, REFERENCE_MODEL, trained_speakers
+from csm_lib.generate import MIN_TEMPERATURE, REFERENCE_CODEC, REFERENCE_MODEL, REFERENCE_TEMPERATURE, trained_speakers
 from csm_lib.outputs import REPO
 from csm_lib.text import N_SPEAKERS
 
@@ -122,7 +122,8 @@ class GenerateRequest(BaseModel):
                                 description="earlier turns, oldest first (added to the conversation if one is given)")
     conversation_id: str | None = Field(None, min_length=1, max_length=64,
                                         description="a conversation kept by the server (POST /conversations)")
-    temperature: float = Field(0.9, ge=0, le=10, allow_inf_nan=False, description="0: greedy")
+    temperature: float = Field(REFERENCE_TEMPERATURE, ge=0, le=10, allow_inf_nan=False,
+                               description="0: greedy; the default is the one chosen for the reference model")
     topk: int = Field(50, ge=1, le=4096)
     seed: int | None = Field(None, ge=0, le=SEED_CEILING, description="same seed, same audio")
     max_audio_length_ms: float | None = Field(None, ge=80, le=AUDIO_MS_CEILING, allow_inf_nan=False,

@@ -32,7 +32,7 @@ import torch
 
 from csm_lib import data
 from csm_lib.audio import wav_bytes
-from csm_lib.generate import Generator, Segment
+from csm_lib.generate import REFERENCE_TEMPERATURE, Generator, Segment
 
 MAX_CHARS = 300  # one line of the playground
 
@@ -115,8 +115,8 @@ class Playground:
         self.voice = widgets.Dropdown(options=list(data.VOICES), value="slt", description="flite voice", style=style)
         self.pitch = widgets.FloatSlider(1.0, min=0.8, max=1.25, step=0.05, description="flite pitch x", style=style)
         self.pace = widgets.FloatSlider(1.0, min=0.7, max=1.4, step=0.05, description="flite slowness", style=style)
-        self.temperature = widgets.FloatSlider(0.9, min=0.0, max=1.5, step=0.05, description="temperature",
-                                               style=style)
+        self.temperature = widgets.FloatSlider(REFERENCE_TEMPERATURE, min=0.0, max=1.5, step=0.05,
+                                               description="temperature", style=style)
         self.topk = widgets.IntSlider(50, min=1, max=gen.model.cfg.audio_vocab_size, description="top-k", style=style)
         self.seed = widgets.IntText(0, description="seed", style=style)
         self.codebooks = widgets.IntSlider(K, min=1, max=K, description="codebooks", style=style)
@@ -159,9 +159,9 @@ class Playground:
         self._show_history()
         return turn
 
-    def generate(self, text: str, speaker: int, temperature: float = 0.9, topk: int = 50, seed: int = 0,
-                 codebooks: int | None = None, use_context: bool = True, max_audio_length_ms: float = 10_000,
-                 join: bool = True) -> dict:
+    def generate(self, text: str, speaker: int, temperature: float = REFERENCE_TEMPERATURE, topk: int = 50,
+                 seed: int = 0, codebooks: int | None = None, use_context: bool = True,
+                 max_audio_length_ms: float = 10_000, join: bool = True) -> dict:
         """The next turn, generated: ``{"audio", "sr", "codes" (K, F), "first_audio_ms", "duration_s"}``.
 
         With ``join`` it joins the conversation (as its codes). ``codebooks``: decode only the first

@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import json
 import math
 import time
 
@@ -17,6 +18,7 @@ from csm_lib.dataset import fingerprint
 from csm_lib.generate import (
     REFERENCE_CODEC,
     REFERENCE_MODEL,
+    REFERENCE_TEMPERATURE,
     Conversation,
     Generator,
     Segment,
@@ -299,3 +301,12 @@ def test_a_seed_variant_loads_and_generates_through_the_generator(gen, tmp_path)
         Conversation(loaded)
     with pytest.raises(ValueError, match="no fast path to compile"):
         loaded.compile()
+
+
+def test_the_default_temperature_is_the_one_model_eval_chose_for_the_reference():
+    sweep = json.loads((REFERENCE_MODEL.parents[1] / "results" / "temperature_sweep.json").read_text())
+    model = json.loads(REFERENCE_MODEL.with_suffix(".json").read_text())
+    assert sweep["measured_with"]["steps"] == model["steps"]  # chosen for the reference model shipped
+    assert REFERENCE_TEMPERATURE == sweep["chosen"]
+    ended = {t: r for t, r in sweep["temperatures"].items() if r["ended_by_eos"] >= 0.95}
+    assert min(ended, key=lambda t: ended[t]["wer"]) == str(REFERENCE_TEMPERATURE)
