@@ -65,9 +65,9 @@ SILENCE_PEAK = 1e-4  # peak amplitude below this (-80 dBFS) is silence
 MIN_S_PER_CHAR, MAX_S_PER_CHAR = 0.01, 1.5  # flite: 0.06-0.08 s per character, 0.4 s for "ok"
 MIN_TEMPERATURE = 0.01  # below it (but above 0: greedy), logits / temperature can overflow (chapter 11's fuzz)
 # The sampling temperature `make model-eval` chose for the reference model on validation turns: the lowest WER
-# among temperatures whose turns end by themselves (results/temperature_sweep.json: 0.5 judged 35.5%, 0.95 44.6%;
-# tests/test_generate.py keeps the two in agreement). The playground's and the server's default; Generator's
-# own methods keep Sesame's 0.9, which chapter 08's benchmarks use.
+# among temperatures whose turns end by themselves (results/temperature_sweep.json; tests/test_generate.py keeps
+# the two in agreement). The playground's and the server's default; Generator's own methods keep Sesame's 0.9,
+# which chapter 08's benchmarks use.
 REFERENCE_TEMPERATURE = 0.5
 
 
