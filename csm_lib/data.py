@@ -11,6 +11,13 @@ Layout on disk (``root/<key>/``, where ``key`` hashes every generator parameter)
 
     manifest.jsonl    one JSON line per turn (see ``Turn``), written last and atomically
     wav/c00012_03.wav 16 kHz mono PCM, loudness-normalised to -23 dBFS
+    phones.json       every turn's phones with their end times, as flite said them (``alignments``)
+
+**Free alignments.** flite knows when it says each phone: ``-psdur`` prints them with their end
+times (``pau:0.164 hh:0.255 ax:0.304 ...``) in the same call that writes the audio (the audio is
+byte-for-byte the same). ``alignments(folder)`` returns them; ``dataset.frame_alignment`` turns
+them into a label per codec frame. A corpus built before they were recorded gets them by running
+flite again (``-o none``: the same time as the synthesis).
 
 Text (``CorpusConfig.text``): ``templates`` fills the slots of ``dialogue.py``'s topic templates
 (557 distinct words; a held-out conversation mostly repeats training sentences), ``wordnet``
@@ -36,11 +43,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from csm_lib import audio
 from csm_lib import sentences as S
 from csm_lib.dialogue import SentencePool, make_dialogue, make_natural_dialogue
 from csm_lib.progress import progress
+
+if TYPE_CHECKING:
+    import torch
 
 GENERATOR_VERSION = 2  # bump when the text or the synthesis changes, so old caches are not reused
 
@@ -174,23 +185,47 @@ def require_flite() -> str:
     return path
 
 
+def _flite(text: str, voice: str, style: Style | None, out: str) -> str:
+    """Run flite once, writing audio to ``out`` (or ``"none"``); returns its ``-psdur`` line."""
+    if voice not in VOICES:
+        raise ValueError(f"unknown flite voice {voice!r}; choose from {sorted(VOICES)}")
+    if not text.strip():
+        raise ValueError("cannot synthesize empty text")
+    args = [require_flite(), "-voice", voice, "-psdur", *(style.flite_args() if style else []), "-t", text, "-o", out]
+    res = subprocess.run(args, capture_output=True, text=True)
+    if res.returncode != 0 or (out != "none" and not Path(out).exists()):
+        raise RuntimeError(f"flite failed for voice {voice!r}: {res.stderr.strip()}")
+    return res.stdout.strip()
+
+
+def parse_phones(psdur: str) -> list[tuple[str, float]]:
+    """flite's ``-psdur`` line -> ``[(phone, end time in s), ...]``: ``"pau:0.164 hh:0.255"`` ->
+    ``[("pau", 0.164), ("hh", 0.255)]``. flite's phones carry no stress mark (``t2p`` adds them)."""
+    out = []
+    for item in psdur.split():
+        phone, _, end = item.rpartition(":")
+        out.append((phone, float(end)))
+    if not out or any(b[1] < a[1] for a, b in zip(out, out[1:], strict=False)):
+        raise ValueError(f"not a -psdur line of increasing end times: {psdur[:80]!r}")
+    return out
+
+
+def synthesize_with_phones(text: str, voice: str, style: Style | None = None,
+                           sr: int = audio.SAMPLE_RATE) -> tuple[torch.Tensor, int, list[tuple[str, float]]]:
+    """Speak ``text`` with a flite voice: float32 audio ``(T,)`` at ``sr``, and each phone with its end time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.wav"
+        phones = parse_phones(_flite(text, voice, style, str(out)))
+        x, _ = audio.load(out, sr=sr)
+    return x, sr, phones
+
+
 def synthesize(text: str, voice: str, style: Style | None = None, sr: int = audio.SAMPLE_RATE):
     """Speak ``text`` with a flite voice: returns float32 audio ``(T,)`` at ``sr`` (16 kHz native).
 
     ``style=None`` uses the voice's own pitch and rate.
     """
-    if voice not in VOICES:
-        raise ValueError(f"unknown flite voice {voice!r}; choose from {sorted(VOICES)}")
-    if not text.strip():
-        raise ValueError("cannot synthesize empty text")
-    flite = require_flite()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out.wav"
-        args = [flite, "-voice", voice, *(style.flite_args() if style else []), "-t", text, "-o", str(out)]
-        res = subprocess.run(args, capture_output=True, text=True)
-        if res.returncode != 0 or not out.exists():
-            raise RuntimeError(f"flite failed for voice {voice!r}: {res.stderr.strip()}")
-        x, file_sr = audio.load(out, sr=sr)
+    x, sr, _ = synthesize_with_phones(text, voice, style, sr)
     return x, sr
 
 
@@ -247,12 +282,19 @@ def plan(cfg: CorpusConfig) -> list[Turn]:
     return turns
 
 
-def _render(job: tuple[Turn, str]) -> float:
-    """Worker: synthesize one turn, normalise its loudness, write it. Returns its duration (s)."""
+def _render(job: tuple[Turn, str]) -> tuple[float, str]:
+    """Worker: synthesize one turn, normalise its loudness, write it. Returns its duration (s) and phones."""
     turn, folder = job
-    x, sr = synthesize(turn.text, turn.voice, turn.style)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.wav"
+        psdur = _flite(turn.text, turn.voice, turn.style, str(out))
+        x, sr = audio.load(out)
     audio.save(Path(folder) / turn.wav, audio.normalize_loudness(x), sr)
-    return len(x) / sr
+    return len(x) / sr, psdur
+
+
+def _phones_only(turn: Turn) -> str:
+    return _flite(turn.text, turn.voice, turn.style, "none")
 
 
 def build(cfg: CorpusConfig = CorpusConfig(), root: str | Path = DEFAULT_ROOT, workers: int | None = None,
@@ -275,9 +317,10 @@ def build(cfg: CorpusConfig = CorpusConfig(), root: str | Path = DEFAULT_ROOT, w
     # Threads, not processes: the work is the flite subprocess, which runs outside the GIL, and
     # forking a process that has already used torch's thread pool can deadlock.
     with ThreadPoolExecutor(workers) as pool:
-        durations = list(progress(pool.map(_render, jobs), total=len(jobs),
-                                  desc="synthesizing turns", unit="turn"))
+        done = list(progress(pool.map(_render, jobs), total=len(jobs), desc="synthesizing turns", unit="turn"))
     wall = time.perf_counter() - t0
+    durations = [d for d, _ in done]
+    _write_phones(folder, {Path(t.wav).stem: p for t, (_, p) in zip(turns, done, strict=True)})
     rows = [asdict(t) | {"duration": round(d, 4)} for t, d in zip(turns, durations, strict=True)]
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -287,6 +330,39 @@ def build(cfg: CorpusConfig = CorpusConfig(), root: str | Path = DEFAULT_ROOT, w
     (folder / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp, manifest)
     return folder
+
+
+def _write_phones(folder: Path, phones: dict[str, str]) -> None:
+    tmp = folder / "phones.json.tmp"
+    tmp.write_text(json.dumps(phones, indent=0, sort_keys=True) + "\n")
+    os.replace(tmp, folder / "phones.json")
+
+
+def alignments(folder: str | Path, workers: int | None = None) -> dict[str, list[tuple[str, float]]]:
+    """Every turn's phones with their end times (s), keyed by the wav's stem (``c00012_03``), scaled to
+    the audio's duration (``scale_to``).
+
+    Read from ``phones.json``, written by ``build``; a corpus built without it runs flite once more
+    per turn (no audio written) and writes it, atomically."""
+    folder = Path(folder)
+    path = folder / "phones.json"
+    if not path.exists():
+        rows = load_manifest(folder)
+        turns = [Turn(**(r | {"style": Style(**r["style"]), "wav": str(Path(r["wav"]).relative_to(folder))}))
+                 for r in rows]
+        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            lines = list(progress(pool.map(_phones_only, turns), total=len(turns), desc="aligning turns",
+                                  unit="turn"))
+        _write_phones(folder, {Path(t.wav).stem: p for t, p in zip(turns, lines, strict=True)})
+    durations = {Path(r["wav"]).stem: r["duration"] for r in load_manifest(folder)}
+    return {stem: scale_to(parse_phones(line), durations[stem]) for stem, line in json.loads(path.read_text()).items()}
+
+
+def scale_to(phones: list[tuple[str, float]], duration: float) -> list[tuple[str, float]]:
+    """Phone end times stretched so the last ends with the audio: the diphone voice kal16 makes audio
+    up to ~5% shorter than its phone times say (the other voices end within 5 ms)."""
+    k = duration / phones[-1][1]
+    return [(p, round(t * k, 4)) for p, t in phones]
 
 
 def load_manifest(folder: str | Path, split: str | None = None) -> list[dict]:

@@ -12,6 +12,12 @@
 4. A batch is a list of windows, right-padded (``frames.pad_batch``); padded positions have an
    all-False mask and are neither attended to nor predicted.
 
+With the corpus's alignments (``aligned=True``, ``alignment.py``) every turn also carries, for each
+of its audio positions, the position of the text token being spoken. A training batch may
+*regroup* a share of its windows (``regroup``): the other speaker's turns after the first are
+dropped at random, so a speaker talks twice or more in a row, or alone: the voice must follow the
+speaker id, not the turn order (the corpus's conversations always alternate).
+
 Which windows make step ``s``'s batch is a pure function of ``(seed, s)``: a run resumed from a
 checkpoint, or split over several processes, sees exactly the batches an uninterrupted run sees.
 """
@@ -25,8 +31,9 @@ import numpy as np
 import torch
 
 from csm_lib import audio as A
-from csm_lib import checkpoint
+from csm_lib import checkpoint, data
 from csm_lib import frames as Fr
+from csm_lib.alignment import frame_alignment
 from csm_lib.checkpoint import fingerprint
 from csm_lib.codec import Codec
 from csm_lib.progress import progress
@@ -56,27 +63,46 @@ class Turn:
     frames: torch.Tensor  # (S, K+1): text positions, audio frames, end of speech
     mask: torch.Tensor  # (S, K+1)
     row: dict  # the manifest row (wav path, style, ...)
+    align: torch.Tensor | None = None  # (S,): an audio position's aligned text position in the turn, else -1
 
 
-def tokenize_turns(rows: list[dict], codes: dict[str, np.ndarray], tokenizer: AnyTokenizer) -> list[Turn]:
-    """Manifest rows and their codes -> ``Turn``s with their frames, in conversation order."""
+def turn_alignment(phones: list[tuple[str, float]], tokens: list[str], n_frames: int) -> torch.Tensor:
+    """A turn's ``(S,)`` alignment: -1 on its text positions, then each audio frame's aligned text
+    position (``alignment.frame_alignment``), then ``<eos>``'s for the end-of-speech frame."""
+    speech = frame_alignment(phones, tokens, n_frames)
+    return torch.tensor([-1] * len(tokens) + speech + [len(tokens) - 1])
+
+
+def tokenize_turns(rows: list[dict], codes: dict[str, np.ndarray], tokenizer: AnyTokenizer,
+                   phones: dict[str, list[tuple[str, float]]] | None = None) -> list[Turn]:
+    """Manifest rows and their codes -> ``Turn``s with their frames, in conversation order.
+
+    With ``phones`` (``data.alignments``; a ``PhoneTokenizer`` only) each turn gets its alignment."""
+    if phones is not None and not hasattr(tokenizer, "tokens"):
+        raise ValueError("alignments are made for phone tokens: use text_input=phones")
     turns = []
     rows = sorted(rows, key=lambda r: (r["conversation"], r["turn"]))
     ids = tokenizer.encode_many([(r["text"], r["speaker"]) for r in rows])
     for r, text_ids in zip(rows, ids, strict=True):
-        c = torch.from_numpy(codes[Path(r["wav"]).stem].astype(np.int64))  # (K, F)
+        stem = Path(r["wav"]).stem
+        c = torch.from_numpy(codes[stem].astype(np.int64))  # (K, F)
         text = Fr.text_frames(text_ids, c.shape[0])
         f, m = Fr.concat([text, Fr.audio_frames(c)])
-        turns.append(Turn(r["conversation"], r["turn"], r["speaker"], r["text"], f, m, r))
+        align = None if phones is None else turn_alignment(phones[stem], [tokenizer.tokens[i] for i in text_ids],
+                                                           c.shape[1])
+        turns.append(Turn(r["conversation"], r["turn"], r["speaker"], r["text"], f, m, r, align))
     return turns
 
 
 def split_windows(folder: str | Path, rows: list[dict], codec: Codec, codec_path: str | Path,
-                  tokenizer: AnyTokenizer, max_len: int) -> dict[str, ConversationWindows]:
-    """The corpus's train and valid turns, encoded (cached) and cut into windows of ``max_len`` positions."""
+                  tokenizer: AnyTokenizer, max_len: int, aligned: bool = False) -> dict[str, ConversationWindows]:
+    """The corpus's train and valid turns, encoded (cached) and cut into windows of ``max_len`` positions.
+
+    ``aligned``: each turn also carries its alignment (``data.alignments``)."""
     codes = encode_corpus(folder, rows, codec, fingerprint(codec_path))
-    return {split: ConversationWindows(tokenize_turns([r for r in rows if r["split"] == split], codes, tokenizer),
-                                       max_len) for split in ("train", "valid")}
+    phones = data.alignments(folder) if aligned else None
+    return {split: ConversationWindows(tokenize_turns([r for r in rows if r["split"] == split], codes, tokenizer,
+                                                      phones), max_len) for split in ("train", "valid")}
 
 
 class ConversationWindows:
@@ -98,19 +124,54 @@ class ConversationWindows:
     def __len__(self) -> int:
         return len(self.starts)
 
+    def turns(self, index: int, regroup: torch.Generator | None = None) -> list[Turn]:
+        """The turns of window ``index``: its first turn and those after it that fit ``max_len``.
+
+        ``regroup``: each later turn of the other speaker is dropped with probability 1/2, drawn from it."""
+        c, i = self.starts[index]
+        first, out, used = self.conversations[c][i], [], 0
+        for t in self.conversations[c][i:]:
+            if regroup is not None and t.speaker != first.speaker and torch.rand(1, generator=regroup) < 0.5:
+                continue
+            if used + len(t.frames) > self.max_len:
+                break
+            out.append(t)
+            used += len(t.frames)
+        return out
+
     def window(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Window ``index``: frames and mask ``(S <= max_len, K+1)``."""
         c, i = self.starts[index]
-        parts, used = [], 0
-        for t in self.conversations[c][i:]:
-            if used + len(t.frames) > self.max_len:
-                break
-            parts.append((t.frames, t.mask))
-            used += len(t.frames)
-        if not parts:  # the first turn alone is longer than the window: cut it
-            t = self.conversations[c][i]
-            parts = [(t.frames[: self.max_len], t.mask[: self.max_len])]
-        return Fr.concat(parts)
+        return self._join(self.turns(index), self.conversations[c][i])[:2]
+
+    def _join(self, turns: list[Turn], first: Turn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if not turns:  # the first turn alone is longer than the window: cut it
+            turns = [Turn(first.conversation, first.turn, first.speaker, first.text, first.frames[: self.max_len],
+                          first.mask[: self.max_len], first.row,
+                          None if first.align is None else first.align[: self.max_len])]
+        frames, mask = Fr.concat([(t.frames, t.mask) for t in turns])
+        if any(t.align is None for t in turns):
+            return frames, mask, None
+        starts = np.cumsum([0] + [len(t.frames) for t in turns[:-1]])
+        align = torch.cat([torch.where(t.align >= 0, t.align + int(s), -1) for t, s in zip(turns, starts, strict=True)])
+        return frames, mask, align
+
+    def training_batch(self, indices: list[int], regroup: float = 0.0, generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Windows ``indices`` right-padded, a ``regroup`` share of them regrouped (module docstring):
+        frames and mask ``(B, S, K+1)``, and the alignment ``(B, S)`` (-1 where none; None without one)."""
+        items = []
+        for index in indices:
+            again = regroup > 0 and float(torch.rand(1, generator=generator)) < regroup
+            c, i = self.starts[index]
+            items.append(self._join(self.turns(index, generator if again else None), self.conversations[c][i]))
+        frames, mask = Fr.pad_batch([(f, m) for f, m, _ in items])
+        if any(a is None for _, _, a in items):
+            return frames, mask, None
+        align = torch.full(frames.shape[:2], -1, dtype=torch.long)
+        for b, (_, _, a) in enumerate(items):
+            align[b, : len(a)] = a
+        return frames, mask, align
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows ``indices`` right-padded: frames and mask ``(B, S, K+1)``."""

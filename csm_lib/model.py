@@ -141,7 +141,8 @@ class CSM(nn.Module):
         codebook 0 is predicted from the backbone state at t, and — for a random
         ``decoder_fraction`` (default ``cfg.decoder_fraction``) of these frames — codebooks
         1..K-1 by the audio decoder. Returns ``loss`` (c0 + decoder), ``c0_loss``,
-        ``decoder_loss`` (means over their frames), and the frame counts.
+        ``decoder_loss`` (means over their frames), the frame counts, the backbone's states
+        ``hidden`` (B, S, D) and ``targets`` (B, S-1) (training-only losses build on them: ``alignment.py``).
         """
         K = self.cfg.n_codebooks
         x = self.embed_frames(frames, mask)  # (B, S, D)
@@ -160,7 +161,7 @@ class CSM(nn.Module):
         dec_loss = F.cross_entropy(dec_logits.reshape(-1, self.cfg.audio_vocab_size).float(),
                                    codes[pick, 1:].reshape(-1))
         return {"loss": c0_loss + dec_loss, "c0_loss": c0_loss, "decoder_loss": dec_loss,
-                "audio_frames": len(codes), "decoder_frames": n_dec}
+                "audio_frames": len(codes), "decoder_frames": n_dec, "hidden": h, "targets": target}
 
     # --- generation -------------------------------------------------------------------------
     @torch.no_grad()

@@ -11,7 +11,8 @@ One step:
 2. each micro-batch runs forward under autocast (bf16 on CPU or GPU; fp16 + GradScaler on GPU) and
    backward; its loss is weighted by its share of the *global* number of target frames, so 1 rank
    with ``accum`` micro-batches, or N ranks, give the same gradient as one big batch;
-3. clip the gradient norm, AdamW step with warm-up then cosine decay (``train_codec.lr_at``).
+3. clip the gradient norm, AdamW step with warm-up then cosine decay (``train_codec.lr_at``; with
+   ``schedule_start`` both start afresh at that step, for a model continued from a finished one).
 
 Every ``ckpt_every`` steps the run's full state (weights, AdamW moments, step) is written
 atomically (``state-<step>.safetensors`` + JSON, then the ``latest`` pointer); ``--resume=true``
@@ -26,6 +27,11 @@ e.g. more data) it continues from that model instead of starting afresh, once it
 At the end, the weights and their provenance go to ``<out>/model.safetensors`` (+ ``.json``, which
 records the codec's fingerprint, the speaker ids and ``max_len``), the tokenizer beside them;
 ``generate.load_generator`` loads them with their codec.
+
+``--align=phone+ctc`` adds training-only alignment losses (``alignment.py``: ``phone``, ``ctc``, ``guided``)
+with weight ``align_weight``; their heads are saved in the training state, never in ``model.safetensors``.
+``--regroup=0.25`` regroups that share of each batch's windows so a speaker may talk twice in a row
+(``dataset.ConversationWindows.training_batch``).
 
 Every ``eval_every`` steps: validation losses, and with ``judge_turns > 0`` the metrics of a
 ``judge`` passed to ``train`` (``evaluate.judge_valid``: WER and SIM of generated valid turns;
@@ -48,6 +54,7 @@ import torch
 import torch.distributed as dist
 
 from csm_lib import checkpoint, data
+from csm_lib.alignment import FIRST_PHONE, REMEDIES, AlignmentLosses
 from csm_lib.dataset import ConversationWindows, fingerprint, split_windows
 from csm_lib.generate import load_codec, tokenizer_path
 from csm_lib.model import CSM, PRESETS
@@ -74,6 +81,7 @@ class TrainConfig:
     stop_step: int = 0  # > 0: stop (and save) after this step; the learning-rate schedule still runs to `steps`
     lr: float = 1e-3
     warmup: int = 100
+    schedule_start: int = 0  # > 0: the warm-up and cosine decay start afresh at this step (a continued model)
     weight_decay: float = 0.1
     clip: float = 1.0
     amp: str = "bf16"  # bf16 | fp16 (CUDA only) | fp32
@@ -82,6 +90,10 @@ class TrainConfig:
     fused_adam: bool = False  # CUDA's fused AdamW: no parameter-sized temporaries in the step (budget.py)
     decoder_fraction: float = 1 / 16
     audio_dropout: float = 0.0  # model.CSMConfig.audio_dropout
+    align: str = ""  # training-only alignment losses, "+"-joined: phone | ctc | guided (alignment.py)
+    align_weight: float = 0.5  # weight of each alignment loss beside the CSM loss
+    guided_layer: int = 1  # the backbone layer whose heads 0 and 1 the guided remedy pulls toward the aligned text
+    regroup: float = 0.0  # share of training windows regrouped so a speaker talks twice in a row (dataset.py)
     variant: str = ""  # "" (CSM) or one of the seed's ideas wired into it: cross_modal | memory (seed_model.py)
     eval_every: int = 250
     eval_batches: int = 4
@@ -111,6 +123,16 @@ class TrainConfig:
             raise ValueError("resume (from runs/<out>/latest) and init (from a finished model) exclude each other")
         if self.batch < 1 or self.accum < 1 or self.batch % self.accum:
             raise ValueError(f"batch ({self.batch}) must be a positive multiple of accum ({self.accum})")
+        if any(r not in REMEDIES for r in self.remedies):
+            raise ValueError(f"align must be '' or '+'-joined remedies of {REMEDIES}, got {self.align!r}")
+        if self.align and self.text_input != "phones":
+            raise ValueError("the alignment losses read the text as phones: use text_input=phones")
+        if not 0 <= self.regroup <= 1:
+            raise ValueError(f"regroup must be a share in [0, 1], got {self.regroup}")
+
+    @property
+    def remedies(self) -> tuple[str, ...]:
+        return tuple(r for r in self.align.split("+") if r)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -121,7 +143,8 @@ def load_data(cfg: TrainConfig):
     rows = data.load_manifest(folder)
     tokenizer = corpus_tokenizer(folder, kind=cfg.text_input)
     codec, _ = load_codec(cfg.codec)
-    windows = split_windows(folder, rows, codec, cfg.codec, tokenizer, cfg.max_len)
+    aligned = bool({"phone", "guided"} & set(cfg.remedies))
+    windows = split_windows(folder, rows, codec, cfg.codec, tokenizer, cfg.max_len, aligned=aligned)
     base = PRESETS[cfg.preset]
     mcfg = replace(base, n_codebooks=codec.cfg.n_q, audio_vocab_size=codec.cfg.codebook_size,
                    text_vocab_size=tokenizer.vocab_size, decoder_fraction=cfg.decoder_fraction,
@@ -138,12 +161,14 @@ def load_data(cfg: TrainConfig):
     return windows["train"], windows["valid"], mcfg, info
 
 
-def make_optimizer(model: CSM, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: CSM, cfg: TrainConfig, extra: torch.nn.Module | None = None) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only. Its default (``foreach``) step computes
     ``sqrt(v)`` for all parameters at once: a parameter-sized fp32 temporary at the step, which
-    ``fused_adam`` (one CUDA kernel per step) does without."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    ``fused_adam`` (one CUDA kernel per step) does without. ``extra``: training-only parameters
+    (the alignment heads), optimised after the model's."""
+    params = [*model.parameters(), *(extra.parameters() if extra is not None else ())]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
     if cfg.fused_adam and not str(cfg.device).startswith("cuda"):
         raise ValueError("fused_adam needs a CUDA device; leave it false on the CPU")
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -167,9 +192,12 @@ def all_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 # --- checkpoints --------------------------------------------------------------------------------
-def save_state(out: Path, step: int, model: CSM, opt: torch.optim.Optimizer, meta: dict) -> Path:
-    """Weights + AdamW state at ``step``, then the ``latest`` pointer: a crash leaves the old state usable."""
+def save_state(out: Path, step: int, model: CSM, opt: torch.optim.Optimizer, meta: dict,
+               extra: torch.nn.Module | None = None) -> Path:
+    """Weights + AdamW state at ``step``, then the ``latest`` pointer: a crash leaves the old state usable.
+    ``extra``: training-only modules (the alignment heads), saved as ``extra.*``."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors |= {f"extra.{k}": v for k, v in (extra.state_dict() if extra is not None else {}).items()}
     opt_state = opt.state_dict()
     for i, s in opt_state["state"].items():
         for name, v in s.items():
@@ -184,13 +212,15 @@ def save_state(out: Path, step: int, model: CSM, opt: torch.optim.Optimizer, met
     return path
 
 
-def load_state(out: Path, model: CSM, opt: torch.optim.Optimizer) -> int:
+def load_state(out: Path, model: CSM, opt: torch.optim.Optimizer, extra: torch.nn.Module | None = None) -> int:
     """Restore the state named by ``out/latest``; returns its step."""
     pointer = out / "latest"
     if not pointer.exists():
         raise FileNotFoundError(f"nothing to resume in {out}: no 'latest' state was written")
     tensors, meta = checkpoint.load(out / pointer.read_text().strip())
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if extra is not None:
+        extra.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
     state: dict[int, dict] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -201,11 +231,12 @@ def load_state(out: Path, model: CSM, opt: torch.optim.Optimizer) -> int:
 
 
 def read_log(path: Path, before: int) -> list[dict]:
-    """The complete rows of a CSV log with ``step < before`` (a killed run may leave a torn last line)."""
+    """The complete rows of a CSV log with ``step < before`` (a killed run may leave a torn last line).
+    Alignment-loss columns may be empty: rows carried from a run without them."""
     if not path.exists():
         return []
     with path.open() as f:
-        rows = [r for r in csv.DictReader(f) if None not in r.values() and "" not in r.values()]
+        rows = [r for r in csv.DictReader(f) if all(r.get(k) not in (None, "") for k in LOG_FIELDS)]
     return [r for r in rows if int(r["step"]) < before]
 
 
@@ -237,7 +268,8 @@ LOG_FIELDS = ["step", "lr", "loss", "c0_loss", "decoder_loss", "positions_per_s"
 
 
 RECIPE_FIELDS = ("preset", "hours", "corpus_seed", "text", "unseen_share", "text_input", "codec", "max_len",
-                 "batch", "steps", "lr", "warmup", "weight_decay", "decoder_fraction", "audio_dropout", "seed")
+                 "batch", "steps", "lr", "warmup", "weight_decay", "decoder_fraction", "audio_dropout", "seed",
+                 "schedule_start", "align", "align_weight", "guided_layer", "regroup")
 
 
 def resolve_start(cfg: TrainConfig) -> TrainConfig:
@@ -290,25 +322,35 @@ def autocast(cfg: TrainConfig, device: torch.device):
 
 
 def train_step(model, raw: CSM, opt, scaler, windows: ConversationWindows, step: int, cfg: TrainConfig,
-               rank: int, world_size: int, device: torch.device) -> dict:
-    """One optimizer step over the step's global batch; returns the global mean losses."""
+               rank: int, world_size: int, device: torch.device, aligner: AlignmentLosses | None = None) -> dict:
+    """One optimizer step over the step's global batch; returns the global mean losses.
+
+    ``aligner``: training-only alignment losses, added with weight ``cfg.align_weight``, frame-weighted
+    like codebook 0's."""
     indices = windows.step_indices(step, cfg.batch, cfg.seed)[rank::world_size]
     micro = [indices[i::cfg.accum] for i in range(cfg.accum)]
-    batches = [windows.batch(m) for m in micro if m]
-    n_audio = [int(raw.audio_targets(mask).sum()) for _, mask in batches]
+    regroup = torch.Generator().manual_seed(cfg.seed * 15_485_863 + step)  # a pure function of (seed, step)
+    batches = [windows.training_batch(m, cfg.regroup, regroup) for m in micro if m]
+    n_audio = [int(raw.audio_targets(mask).sum()) for _, mask, _ in batches]
     n_dec = [raw.decoder_frames(n) for n in n_audio]
     total = all_sum(torch.tensor([sum(n_audio), sum(n_dec)], dtype=torch.float64))  # global target frames
     sums = torch.zeros(3, dtype=torch.float64)  # c0, decoder (frame-weighted), positions
+    aux_sums = dict.fromkeys(cfg.remedies, 0.0)
     g = torch.Generator().manual_seed(cfg.seed * 7_919 + step * 104_729 + rank)
-    for i, (frames, mask) in enumerate(batches):
+    for i, (frames, mask, align) in enumerate(batches):
         sync = i == len(batches) - 1 or not isinstance(model, torch.nn.parallel.DistributedDataParallel)
         with (contextlib.nullcontext() if sync else model.no_sync()), autocast(cfg, device):
             out = model(frames.to(device), mask.to(device), generator=g)
+            aux = aligner(out["hidden"], frames.to(device), mask.to(device),
+                          None if align is None else align.to(device), out["targets"]) if aligner else {}
         # each micro-batch's share of the global mean; DDP averages over ranks, so scale by world size
-        loss = (out["c0_loss"] * n_audio[i] / total[0] + out["decoder_loss"] * n_dec[i] / total[1]) * world_size
+        c0 = out["c0_loss"] + cfg.align_weight * sum(aux.values())
+        loss = (c0 * n_audio[i] / total[0] + out["decoder_loss"] * n_dec[i] / total[1]) * world_size
         (scaler.scale(loss) if scaler else loss).backward()
         sums += torch.tensor([out["c0_loss"].item() * n_audio[i], out["decoder_loss"].item() * n_dec[i],
                               float(mask.any(-1).sum())], dtype=torch.float64)
+        for name, value in aux.items():
+            aux_sums[name] += value.item() * n_audio[i]
     if scaler:
         scaler.unscale_(opt)
     torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.clip)
@@ -320,7 +362,8 @@ def train_step(model, raw: CSM, opt, scaler, windows: ConversationWindows, step:
     opt.zero_grad(set_to_none=True)
     sums = all_sum(sums)
     c0, dec = float(sums[0] / total[0]), float(sums[1] / total[1])
-    return {"loss": c0 + dec, "c0_loss": c0, "decoder_loss": dec, "positions": float(sums[2])}
+    aux_means = {f"{name}_loss": v / float(total[0]) for name, v in aux_sums.items()}  # this rank's frames
+    return {"loss": c0 + dec, "c0_loss": c0, "decoder_loss": dec, "positions": float(sums[2])} | aux_means
 
 
 @torch.no_grad()
@@ -365,21 +408,28 @@ def train(cfg: TrainConfig, judge: Callable[[CSM, dict], dict] | None = None) ->
     torch.manual_seed(cfg.seed)
     raw = (SeedCSM(mcfg, cfg.variant) if cfg.variant else CSM(mcfg)).to(device)
     raw.backbone.gradient_checkpointing = cfg.checkpointing
-    opt = make_optimizer(raw, cfg)
+    aligner = None
+    if cfg.align:
+        if getattr(tokenizer, "tokens", [None] * (FIRST_PHONE + 1))[FIRST_PHONE - 1] != "!":
+            raise ValueError("the alignment losses expect the PhoneTokenizer's vocabulary layout")
+        aligner = AlignmentLosses(mcfg.backbone.dim, mcfg.text_vocab_size, cfg.remedies, cfg.guided_layer).to(device)
+        aligner.attach(raw)
+    opt = make_optimizer(raw, cfg, aligner)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
     start, history, evals = 0, [], []
     if cfg.resume:
-        start = load_state(out, raw, opt)
+        start = load_state(out, raw, opt, aligner)
         history, evals = read_log(out / "log.csv", start), read_evals(out / "evals.jsonl", start)
     elif cfg.init:
         start, history, evals = init_from(cfg.init, raw)
     warm_start = start if cfg.init else None
     model = torch.nn.parallel.DistributedDataParallel(raw) if world_size > 1 else raw
     log_path = out / "log.csv"
+    fields = LOG_FIELDS + [f"{r}_loss" for r in cfg.remedies]
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         with log_path.open("w", newline="") as f:  # rewrite: drop rows after the resumed step
-            w = csv.DictWriter(f, LOG_FIELDS)
+            w = csv.DictWriter(f, fields, extrasaction="ignore")
             w.writeheader()
             w.writerows(history)
         checkpoint.atomic_write(out / "evals.jsonl",  # likewise: the evaluations carried on, none after the step
@@ -391,17 +441,18 @@ def train(cfg: TrainConfig, judge: Callable[[CSM, dict], dict] | None = None) ->
     step = start
     for step in bar:
         for group in opt.param_groups:
-            rewarm = 1.0 if warm_start is None else min(1.0, (step - warm_start + 1) / cfg.warmup)
-            group["lr"] = lr_at(step, cfg.steps, cfg) * rewarm
-        m = train_step(model, raw, opt, scaler, train_w, step, cfg, rank, world_size, device)
+            rewarm = 1.0 if warm_start is None or cfg.schedule_start else min(1.0, (step - warm_start + 1) / cfg.warmup)
+            group["lr"] = lr_at(step - cfg.schedule_start, cfg.steps - cfg.schedule_start, cfg) * rewarm
+        m = train_step(model, raw, opt, scaler, train_w, step, cfg, rank, world_size, device, aligner)
         positions += m["positions"]
         wall = time.perf_counter() - t0
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps - 1):
             row = {"step": step, "lr": f"{opt.param_groups[0]['lr']:.6g}", "loss": f"{m['loss']:.6f}",
                    "c0_loss": f"{m['c0_loss']:.6f}", "decoder_loss": f"{m['decoder_loss']:.6f}",
                    "positions_per_s": f"{positions / max(wall, 1e-9):.1f}", "seconds": f"{wall:.1f}"}
+            row |= {f"{r}_loss": f"{m[f'{r}_loss']:.6f}" for r in cfg.remedies}
             with log_path.open("a", newline="") as f:
-                csv.DictWriter(f, LOG_FIELDS).writerow(row)
+                csv.DictWriter(f, fields, extrasaction="ignore").writerow(row)
         done = step + 1
         stop = (cfg.minutes > 0 and wall > cfg.minutes * 60) or 0 < cfg.stop_step <= done
         if rank == 0 and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps or stop):
@@ -410,7 +461,7 @@ def train(cfg: TrainConfig, judge: Callable[[CSM, dict], dict] | None = None) ->
             with (out / "evals.jsonl").open("a") as f:
                 f.write(json.dumps(evals[-1]) + "\n")
         if rank == 0 and (done % cfg.ckpt_every == 0 or done == cfg.steps or stop):
-            save_state(out, done, raw, opt, meta)
+            save_state(out, done, raw, opt, meta, aligner)
         if stop:
             break
     final = step + 1 if cfg.steps > start else start
