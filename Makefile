@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs budget-gpu results workbook test lab lint clean-data \
+.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs alignment-study budget-gpu results workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
 	baselines bench-latency serve bench-serve screenshot quality-judges seed-variants bench-quality bench-pronunciation
 
@@ -140,6 +140,14 @@ text-inputs: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate compare results/text_input.json \
 	  runs/text-bpe/model.safetensors runs/text-chars/model.safetensors runs/text-phones/model.safetensors \
 	  --turns=$(COMPARE_TURNS)
+
+## alignment-study: which training-only alignment remedy makes the reference read better, at equal compute
+## (csm_lib/alignment_study.py) -> results/alignment_study.json: from the shipped reference, STUDY_STEPS more steps of
+## its recipe on the 20 h corpus for each arm (base; phone, ctc, guided; the best two together; regrouped turn order),
+## each judged on the same 40 held-out test turns with context. Resumable (runs/alignment_study/); about 8 x 15 min.
+STUDY_STEPS ?= 300
+alignment-study: setup
+	OMP_NUM_THREADS=2 $(PY) -m csm_lib.alignment_study --steps=$(STUDY_STEPS)
 
 ## budget-gpu: paper_422m's peak GPU memory and speed, beside the estimate -> results/paper_422m_gpu.json
 ## (needs a CUDA GPU; about 2 min on an H200. The layout step reads the 1 h corpus and may run elsewhere:

@@ -55,6 +55,10 @@ from csm_lib.sentences import overlap
 from csm_lib.text import AnyTokenizer, corpus_tokenizer, load_tokenizer
 
 STYLE_KEYS = ("f0_mean", "f0_std", "rate")
+# the context of a held-out turn, laid out four ways (layout_context): as in the corpus; the speaker's own
+# latest turn, then the other's (turns alternate); the other's, then the speaker's own (the same speaker twice
+# in a row); the speaker's own turn alone (cloning a voice from one clip)
+LAYOUTS = ("corpus", "own_first", "own_last", "own_only")
 
 
 def style_vector(p: dict) -> np.ndarray:
@@ -74,6 +78,15 @@ def held_out_targets(rows: list[dict], max_turns: int) -> list[tuple[dict, list[
             if targets and len(out) < max_turns:
                 out.append(targets.pop(0))
     return out
+
+
+def layout_context(row: dict, earlier: list[dict], layout: str) -> list[dict]:
+    """The context rows of held-out turn ``row`` in one of ``LAYOUTS`` (the speaker's and the other's latest turns)."""
+    if layout == "corpus":
+        return earlier
+    own = [r for r in earlier if r["speaker"] == row["speaker"]][-1]
+    other = [r for r in earlier if r["speaker"] != row["speaker"]][-1]
+    return {"own_first": [own, other], "own_last": [other, own], "own_only": [own]}[layout]
 
 
 def judge(audio: torch.Tensor, sr: int, text: str) -> dict:
@@ -127,12 +140,13 @@ def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0
 def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
                    max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test",
                    tokenizer: AnyTokenizer | None = None, without_context: bool = True, int8: bool = False,
-                   train_t: dict | None = None) -> dict:
+                   train_t: dict | None = None, layouts: tuple[str, ...] = ()) -> dict:
     """Judge ``model``, trained with the ``train.TrainConfig`` fields ``t`` (corpus, codec, its tokenizer).
 
     ``int8``: generate with the fast path's dynamic INT8 linear layers (``inference.int8``).
     ``train_t``: the settings the model was really trained with, when ``t`` names another corpus to
-    judge on; the overlap is counted against *its* training split (default: ``t``'s)."""
+    judge on; the overlap is counted against *its* training split (default: ``t``'s).
+    ``layouts``: also judge each turn with its context laid out so (``LAYOUTS``; the same seed), under "layouts"."""
     was_training = model.training
     folder = corpus_folder(t)
     codec, _ = load_codec(t["codec"])
@@ -156,11 +170,17 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
                  "ref_embedding": ref_emb, "ref_style": ref_style,
                  "ground_truth": judge(A.load(row["wav"])[0], sr, row["text"])}
         max_frames = int(max_audio_length_ms // gen.frame_ms)
-        for name, ctx in (("with_context", context), ("without_context", []))[:2 if without_context else 1]:
+        runs = [("with_context", context), ("without_context", [])][:2 if without_context else 1]
+        by_row = {r["wav"]: s for r, s in zip(earlier, context, strict=True)}
+        runs += [(f"layout_{name}", [by_row[r["wav"]] for r in layout_context(row, earlier, name)])
+                 for name in layouts if name != "corpus"]
+        for name, ctx in runs:
             codes = list(gen.frames(row["text"], row["speaker"], ctx, max_audio_length_ms, temperature, topk,
                                     seed=seed + i))
             audio = gen.decode(codes)  # what gen.generate returns; the frame count says how it ended
             entry[name] = judge(audio, sr, row["text"]) | {"ended": len(codes) < max_frames}
+        if "corpus" in layouts:
+            entry["layout_corpus"] = entry["with_context"]
         judged.append(entry)
     model.train(was_training)
     # the style error is in units of the ground truth's spread over the judged turns: one turn has none
@@ -205,6 +225,7 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
                          "seed": seed, "int8": int8},
             "ground_truth": summary("ground_truth"), "with_context": summary("with_context"),
             "without_context": summary("without_context") if without_context else None,
+            **({"layouts": {name: summary(f"layout_{name}") for name in layouts}} if layouts else {}),
             "style_spread_log": None if spread is None else [round(float(s), 4) for s in spread],
             "wall_time_s": round(time.perf_counter() - t0, 1),
             "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}

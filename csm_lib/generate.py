@@ -66,9 +66,10 @@ MIN_S_PER_CHAR, MAX_S_PER_CHAR = 0.01, 1.5  # flite: 0.06-0.08 s per character, 
 MIN_TEMPERATURE = 0.01  # below it (but above 0: greedy), logits / temperature can overflow (chapter 11's fuzz)
 # The sampling temperature `make model-eval` chose for the reference model on validation turns: the lowest WER
 # among temperatures whose turns end by themselves (results/temperature_sweep.json; tests/test_generate.py keeps
-# the two in agreement). The playground's and the server's default; Generator's own methods keep Sesame's 0.9,
-# which chapter 08's benchmarks use.
+# the two in agreement). load_generator() samples the reference at it by default, and so do the playground and
+# the server; a Generator built by hand samples at Sesame's default, SESAME_TEMPERATURE, unless told otherwise.
 REFERENCE_TEMPERATURE = 0.5
+SESAME_TEMPERATURE = 0.9  # SesameAILabs/csm's generate(temperature=0.9)
 
 
 @dataclass
@@ -94,10 +95,12 @@ class Generator:
     tokenizer has ``text.N_SPEAKERS`` prefixes, but untrained ones are noise to the model).
     ``trained_len``: the positions per window the model was trained on (``TrainConfig.max_len``);
     a longer prompt gets a warning. ``load_generator`` reads both from the checkpoint's sidecar.
+    ``temperature``: the sampling temperature of every method whose ``temperature`` is left at None
+    (``load_generator`` gives the reference the one chosen for it on validation turns).
     """
 
     def __init__(self, model: CSM, codec: Codec, tokenizer: AnyTokenizer, n_speakers: int = N_SPEAKERS,
-                 trained_len: int | None = None):
+                 trained_len: int | None = None, temperature: float = SESAME_TEMPERATURE):
         cfg = model.cfg
         if (cfg.n_codebooks, cfg.audio_vocab_size) != (codec.cfg.n_q, codec.cfg.codebook_size):
             raise ValueError(f"the model expects {cfg.n_codebooks} codebooks of {cfg.audio_vocab_size}; the codec "
@@ -112,6 +115,8 @@ class Generator:
         self.n_speakers, self.trained_len = n_speakers, trained_len
         self.sample_rate = codec.cfg.sample_rate
         self.frame_ms = 1000 / codec.cfg.frame_rate  # 80 ms
+        self._check_sampling(self.frame_ms, temperature, 1)
+        self.temperature = temperature
         # the fast path (inference.py): a snapshot of the weights; the seed's variants have none (seed_model.py)
         self.fast = None if isinstance(model, SeedCSM) else FastCSM(self.model)
 
@@ -230,14 +235,16 @@ class Generator:
             raise ValueError(f"topk must be an integer >= 1 (1: greedy), got {topk!r}")
 
     def frames(self, text: str, speaker: int, context: list[Segment] | None = None,
-               max_audio_length_ms: float = 10_000, temperature: float = 0.9, topk: int = 50,
+               max_audio_length_ms: float = 10_000, temperature: float | None = None, topk: int = 50,
                seed: int | None = None, stop_at_end: bool = True) -> Iterator[torch.Tensor]:
         """Yield the generated frames' codes ``(1, K)`` one at a time, until end of speech.
 
         Stateless: the context is laid out and run through the backbone on every call (a
         ``Conversation`` keeps it instead). ``stop_at_end=False`` goes on to ``max_audio_length_ms``
         (a fixed length, for benchmarks): an end-of-speech frame is then yielded like any other.
+        ``temperature=None``: ``self.temperature``.
         """
+        temperature = self.temperature if temperature is None else temperature
         self._check_sampling(max_audio_length_ms, temperature, topk)
         max_frames = int(max_audio_length_ms // self.frame_ms)
         frames, mask = self.prompt(text, speaker, list(context or []), max_frames)
@@ -265,7 +272,7 @@ class Generator:
             yield codes
 
     def generate(self, text: str, speaker: int, context: list[Segment] | None = None,
-                 max_audio_length_ms: float = 10_000, temperature: float = 0.9, topk: int = 50,
+                 max_audio_length_ms: float = 10_000, temperature: float | None = None, topk: int = 50,
                  seed: int | None = None) -> torch.Tensor:
         """The whole turn's audio ``(T,)`` at ``self.sample_rate`` (empty if it ends at once)."""
         return self.decode(list(self.frames(text, speaker, context, max_audio_length_ms, temperature, topk, seed)))
@@ -277,7 +284,7 @@ class Generator:
         return self.codec.decode(torch.stack(codes, dim=-1).cpu())[0]  # (1, K, F) -> (T,)
 
     def stream(self, text: str, speaker: int, context: list[Segment] | None = None,
-               max_audio_length_ms: float = 10_000, temperature: float = 0.9, topk: int = 50,
+               max_audio_length_ms: float = 10_000, temperature: float | None = None, topk: int = 50,
                seed: int | None = None, chunk_frames: int = 1, stop_at_end: bool = True,
                first_chunk_frames: int | None = None) -> Iterator[torch.Tensor]:
         """Yield the turn's audio as it is generated, in chunks of ``chunk_sizes(chunk_frames,
@@ -425,7 +432,7 @@ class Conversation:
             if self.turns:
                 self._run(*Fr.concat(self.parts))
 
-    def frames(self, text: str, speaker: int, max_audio_length_ms: float = 10_000, temperature: float = 0.9,
+    def frames(self, text: str, speaker: int, max_audio_length_ms: float = 10_000, temperature: float | None = None,
                topk: int = 50, seed: int | None = None, stop_at_end: bool = True) -> Iterator[torch.Tensor]:
         """Yield the next turn's codes ``(1, K)``; when it ends (or the caller stops), it joins the conversation.
 
@@ -433,6 +440,7 @@ class Conversation:
         frame: one position more than the stateless path needs.
         """
         gen = self.gen
+        temperature = gen.temperature if temperature is None else temperature
         gen._check_sampling(max_audio_length_ms, temperature, topk)
         max_frames = int(max_audio_length_ms // gen.frame_ms)
         h, turn = self.start_turn(text, speaker, max_frames)
@@ -467,12 +475,12 @@ class Conversation:
         self.turns.append(Segment(turn["speaker"], turn["text"], codes=codes[:, :-1] if generated else None))
         self.parts.append(Fr.concat([(frames, mask), audio]))
 
-    def generate(self, text: str, speaker: int, max_audio_length_ms: float = 10_000, temperature: float = 0.9,
+    def generate(self, text: str, speaker: int, max_audio_length_ms: float = 10_000, temperature: float | None = None,
                  topk: int = 50, seed: int | None = None) -> torch.Tensor:
         """The next turn's audio ``(T,)``; the turn joins the conversation."""
         return self.gen.decode(list(self.frames(text, speaker, max_audio_length_ms, temperature, topk, seed)))
 
-    def stream(self, text: str, speaker: int, max_audio_length_ms: float = 10_000, temperature: float = 0.9,
+    def stream(self, text: str, speaker: int, max_audio_length_ms: float = 10_000, temperature: float | None = None,
                topk: int = 50, seed: int | None = None, chunk_frames: int = 1,
                stop_at_end: bool = True, first_chunk_frames: int | None = None) -> Iterator[torch.Tensor]:
         """The next turn's audio in chunks, as ``Generator.stream``."""
@@ -544,7 +552,8 @@ def load_generator(model: str | Path = REFERENCE_MODEL, codec: str | Path = REFE
                    device: str = "cpu") -> Generator:
     """A ``Generator`` from checkpoints: the model (on ``device``), its tokenizer and codec (on the CPU).
 
-    The defaults are the reference model and codec shipped in ``checkpoints/``. The codec must be
+    The defaults are the reference model and codec shipped in ``checkpoints/``, sampled at the temperature
+    chosen for it (``REFERENCE_TEMPERATURE``; another model at ``SESAME_TEMPERATURE``). The codec must be
     the one the model was trained with (``check_codec``); the speakers and prompt length the model
     was trained with come from its sidecar (``trained_speakers``, ``train.max_len``).
     """
@@ -554,5 +563,6 @@ def load_generator(model: str | Path = REFERENCE_MODEL, codec: str | Path = REFE
     if not tok.exists():
         raise FileNotFoundError(f"the model's tokenizer {tok} is missing (train.py writes it beside the model)")
     trained_len = (meta.get("train") or {}).get("max_len")
+    reference = Path(model).resolve() == REFERENCE_MODEL.resolve()
     return Generator(csm, load_codec(codec)[0], load_tokenizer(tok), n_speakers=trained_speakers(meta),
-                     trained_len=trained_len)
+                     trained_len=trained_len, temperature=REFERENCE_TEMPERATURE if reference else SESAME_TEMPERATURE)

@@ -19,6 +19,7 @@ from csm_lib.generate import (
     REFERENCE_CODEC,
     REFERENCE_MODEL,
     REFERENCE_TEMPERATURE,
+    SESAME_TEMPERATURE,
     Conversation,
     Generator,
     Segment,
@@ -238,6 +239,14 @@ def test_load_generator_defaults_to_the_shipped_reference(monkeypatch, tmp_path)
     ref = load_generator()
     assert ref.n_speakers == 2 and ref.trained_len == 512
     assert ref.generate("hello there", 0, max_audio_length_ms=160, seed=0).dim() == 1
+    # the plain call samples at the temperature chosen for the reference, not at Sesame's 0.9
+    assert ref.temperature == REFERENCE_TEMPERATURE != SESAME_TEMPERATURE
+    plain = torch.cat(list(ref.frames("hello there", 0, max_audio_length_ms=400, seed=0)))
+    chosen = torch.cat(list(ref.frames("hello there", 0, max_audio_length_ms=400, temperature=REFERENCE_TEMPERATURE,
+                                       seed=0)))
+    sesame = torch.cat(list(ref.frames("hello there", 0, max_audio_length_ms=400, temperature=SESAME_TEMPERATURE,
+                                       seed=0)))
+    assert torch.equal(plain, chosen) and not torch.equal(plain, sesame)
 
 
 def test_frame_helpers():

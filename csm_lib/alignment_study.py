@@ -1,0 +1,124 @@
+"""The alignment study: which training-only remedy makes the reference read better, at equal compute.
+
+Every arm starts from the shipped reference (``checkpoints/csm_reference``) and trains ``steps`` more
+steps of its own recipe on the same corpus, with the same seed, windows and learning-rate schedule
+(a fresh warm-up and cosine decay, ``train.TrainConfig.schedule_start``); only the arm's addition
+differs (``ARMS``):
+
+* ``base``: the recipe as it is;
+* ``phone``, ``ctc``, ``guided``: one alignment remedy each (``alignment.py``);
+* ``pair``: the two remedies with the lowest held-out WER, together;
+* ``regroup``: no remedy, but a quarter of the windows regrouped so a speaker may talk twice in a row
+  (``dataset.ConversationWindows.training_batch``): the turn-order arm.
+
+Each arm is judged on the same held-out test turns with context (``evaluate.evaluate_model``: WER
+and CER with 95% intervals, SIM), by its codebook-0 loss on validation windows with the text intact
+and scrambled (how much it reads), and the base and regroup arms also in the four context layouts
+(``evaluate.LAYOUTS``). Resumable: a trained arm is not trained again, a judged one not judged again
+(``runs/alignment_study/<arm>/``). ``python -m csm_lib.alignment_study [--steps=300] [--turns=40]``
+writes ``results/alignment_study.json`` (``make alignment-study``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields, replace
+from pathlib import Path
+
+from csm_lib import checkpoint, data, evaluate
+from csm_lib.generate import load_model
+from csm_lib.train import TrainConfig, train
+
+REFERENCE = Path("checkpoints/csm_reference.safetensors")
+ROOT = Path("runs/alignment_study")
+SINGLES = ("phone", "ctc", "guided")
+ARMS = ("base", *SINGLES, "pair", "regroup")
+
+
+def arm_config(arm: str, steps: int, pair: str = "", hours: float = 20.0, lr: float = 5e-4,
+               warmup: int = 30) -> TrainConfig:
+    """The reference's own recipe, continued ``steps`` steps on the ``hours`` corpus, plus the arm's addition."""
+    meta = json.loads(REFERENCE.with_suffix(".json").read_text())
+    known = {f.name for f in fields(TrainConfig)}
+    base = TrainConfig(**{k: v for k, v in meta["train"].items() if k in known})
+    start = meta["steps"]
+    align = {"base": "", "regroup": "", "pair": pair}.get(arm, arm)
+    return replace(base, hours=hours, steps=start + steps, schedule_start=start, lr=lr, warmup=warmup, minutes=0.0,
+                   stop_step=0, eval_every=100, ckpt_every=100, align=align, regroup=0.25 if arm == "regroup" else 0.0,
+                   init=str(REFERENCE), resume=False, continue_from="", after="", out=str(ROOT / arm),
+                   data_root=data.DEFAULT_ROOT.as_posix())
+
+
+def trained(cfg: TrainConfig) -> Path:
+    """Train the arm ``cfg`` unless its final model is there; resume it if a state is."""
+    out = Path(cfg.out)
+    model = out / "model.safetensors"
+    if model.exists() and json.loads(model.with_suffix(".json").read_text())["steps"] >= cfg.steps:
+        return model
+    return train(replace(cfg, init="", resume=True) if (out / "latest").exists() else cfg)
+
+
+def judged(arm: str, model_path: Path, turns: int, layouts: bool) -> dict:
+    """The arm's held-out judgement (cached beside its model)."""
+    cache = model_path.parent / f"judged-{turns}{'-layouts' if layouts else ''}.json"
+    fp = checkpoint.fingerprint(model_path)
+    if cache.exists() and json.loads(cache.read_text())["fingerprint"] == fp:
+        return json.loads(cache.read_text())
+    model, meta = load_model(model_path)
+    t, tok = evaluate.trained_with(meta), evaluate.model_tokenizer(model_path)
+    sweep = json.loads(Path("results/temperature_sweep.json").read_text())["chosen"]
+    result = evaluate.evaluate_model(model, t, turns, temperature=sweep, tokenizer=tok, without_context=False,
+                                     layouts=evaluate.LAYOUTS if layouts else ())
+    _, valid_w = evaluate.training_windows(t, tok)
+    idx = list(range(min(64, len(valid_w))))
+    out = {"arm": arm, "fingerprint": fp, "measured_with": checkpoint.model_record(model_path),
+           "align": t["align"], "regroup": t["regroup"], "steps": meta["steps"],
+           "wall_time_s": meta["wall_time_s"], "evals": meta["evals"],
+           "curve": [{k: r.get(k) for k in ("step", "c0_loss", "decoder_loss", *(f"{x}_loss" for x in SINGLES))}
+                     for r in meta["history"] if int(r["step"]) >= t["schedule_start"]],
+           "reads": {"valid": evaluate.loss_by_turn_position(model, valid_w, idx),
+                     "valid_text_scrambled": evaluate.loss_by_turn_position(model, valid_w, idx, scramble_text=True)},
+           "test": {k: result[k] for k in ("corpus", "turns", "settings", "ground_truth", "with_context",
+                                           "layouts", "overlap_with_train") if k in result}}
+    cache.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def best_pair(arms: dict[str, dict]) -> str:
+    """The two single remedies with the lowest held-out WER with context, "+"-joined."""
+    ranked = sorted(SINGLES, key=lambda a: arms[a]["test"]["with_context"]["wer"])
+    return "+".join(sorted(ranked[:2], key=SINGLES.index))
+
+
+def study(steps: int = 300, turns: int = 40, out: str | Path = "results/alignment_study.json") -> dict:
+    """Train and judge every arm (module docstring); writes ``out``."""
+    arms: dict[str, dict] = {}
+    for arm in ("base", *SINGLES):
+        arms[arm] = judged(arm, trained(arm_config(arm, steps)), turns, layouts=arm == "base")
+    pair = best_pair(arms)
+    arms["pair"] = judged("pair", trained(arm_config("pair", steps, pair)), turns, layouts=False)
+    arms["regroup"] = judged("regroup", trained(arm_config("regroup", steps)), turns, layouts=True)
+    result = {"reference": checkpoint.model_record(REFERENCE), "steps": steps, "turns": turns, "pair": pair,
+              "recipe": {k: v for k, v in vars(arm_config("base", steps)).items() if k in (
+                  "hours", "corpus_seed", "steps", "schedule_start", "lr", "warmup", "batch", "max_len", "seed")},
+              "arms": arms, "provenance": checkpoint.provenance("csm_lib.alignment_study", "cpu")}
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="The alignment study (module docstring) -> results/alignment_study.json")
+    p.add_argument("--steps", type=int, default=300, help="steps each arm trains beyond the reference")
+    p.add_argument("--turns", type=int, default=40, help="held-out test turns each arm is judged on")
+    p.add_argument("--out", default="results/alignment_study.json")
+    a = p.parse_args(argv)
+    r = study(a.steps, a.turns, a.out)
+    for arm, j in r["arms"].items():
+        w = j["test"]["with_context"]
+        print(f"{arm:8s} WER {w['wer']:.3f} {w['wer_ci95']}  SIM {w['sim']:.3f}  "
+              f"reads {j['reads']['valid_text_scrambled']['frames_3_9'] - j['reads']['valid']['frames_3_9']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
