@@ -103,6 +103,49 @@ def match_phones(said: list[str], positions: list[int], tokens: list[str]) -> li
     return out
 
 
+def attention_probs(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                    heads: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Attention probabilities of ``heads`` (default all) of the layer ``attn`` (a ``backbone.Attention``)
+    given its input ``x`` (B, S, D), rotary tables and mask: ``(B, h, S, S)``, softmax of q.k / sqrt(Dh)."""
+    B, S, _ = x.shape
+    cfg, hd = attn.cfg, attn.cfg.head_dim
+    heads_t = torch.tensor(heads if heads is not None else range(cfg.n_heads), device=x.device)
+    q = attn.q_proj(x).view(B, S, cfg.n_heads, hd).transpose(1, 2)[:, heads_t]  # (B, h, S, Dh)
+    k = attn.k_proj(x).view(B, S, cfg.n_kv_heads, hd).transpose(1, 2)
+    k = k[:, heads_t // (cfg.n_heads // cfg.n_kv_heads)]  # each query head's K/V group (GQA)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    logits = (q @ k.transpose(-1, -2)).float() * hd ** -0.5  # (B, h, S, S)
+    return logits.masked_fill(~mask, float("-inf")).softmax(-1)
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module, frames: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """Every backbone layer's attention probabilities over a batch ``(B, S, K+1)``: L tensors ``(B, H, S, S)``."""
+    captured = []
+    hooks = [layer.self_attn.register_forward_pre_hook(lambda m, a: captured.append((m, *a[:4])))
+             for layer in model.backbone.layers]
+    try:
+        model.hidden(model.embed_frames(frames, mask), mask)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [attention_probs(*c) for c in captured]
+
+
+def aligned_mass(probs: torch.Tensor, align: torch.Tensor, mask: torch.Tensor, window: int = 1) -> torch.Tensor:
+    """Each head's mean attention mass near the aligned text, ``(H,)``: from every position t whose next
+    position is an audio frame, the mass on text positions within ``window`` of a(t+1) (``probs``
+    (B, H, S, S), ``align`` (B, S), ``mask`` (B, S, K+1)). 1 is a head that reads exactly the phone being
+    said; a head that ignores the text scores about 0."""
+    target = mask[:, 1:, :-1].all(-1) & (align[:, 1:] >= 0)
+    b, t = target.nonzero(as_tuple=True)
+    pos = align[:, 1:][b, t]
+    near = torch.zeros_like(probs[:, 0], dtype=torch.bool)
+    for d in range(-window, window + 1):
+        near[b, t, (pos + d).clamp(0, probs.shape[-1] - 1)] = True
+    return (probs * (near & mask[:, None, :, -1])[:, None]).sum(-1)[b, :, t].mean(0)
+
+
 def turn_spans(mask: torch.Tensor) -> list[tuple[int, int, int]]:
     """A sequence's turns, from its mask ``(S, K+1)``: ``[(text_start, audio_start, audio_end), ...]``.
 
@@ -159,16 +202,7 @@ class AlignmentLosses(nn.Module):
 
     def attention(self) -> torch.Tensor:
         """The guided heads' attention probabilities of the last training forward: ``(B, h, S, S)``."""
-        attn, x, cos, sin, mask = self._captured
-        B, S, _ = x.shape
-        cfg, hd = attn.cfg, attn.cfg.head_dim
-        heads = torch.tensor(self.guided_heads, device=x.device)
-        q = attn.q_proj(x).view(B, S, cfg.n_heads, hd).transpose(1, 2)[:, heads]  # (B, h, S, Dh)
-        k = attn.k_proj(x).view(B, S, cfg.n_kv_heads, hd).transpose(1, 2)
-        k = k[:, heads // (cfg.n_heads // cfg.n_kv_heads)]  # each query head's K/V group (GQA)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        logits = (q @ k.transpose(-1, -2)).float() * hd ** -0.5  # (B, h, S, S)
-        return logits.masked_fill(~mask, float("-inf")).softmax(-1)
+        return attention_probs(*self._captured, heads=self.guided_heads)
 
     # --- the losses ---------------------------------------------------------------------------------
     def forward(self, h: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor, align: torch.Tensor | None,

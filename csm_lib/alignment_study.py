@@ -26,8 +26,12 @@ import json
 from dataclasses import fields, replace
 from pathlib import Path
 
+import torch
+
 from csm_lib import checkpoint, data, evaluate
-from csm_lib.generate import load_model
+from csm_lib.alignment import aligned_mass, attention_maps
+from csm_lib.dataset import split_windows
+from csm_lib.generate import load_codec, load_model
 from csm_lib.train import TrainConfig, train
 
 REFERENCE = Path("checkpoints/csm_reference.safetensors")
@@ -85,6 +89,32 @@ def judged(arm: str, model_path: Path, turns: int, layouts: bool) -> dict:
     return out
 
 
+def attention_alignment(model_path: Path, cache_dir: Path, n_windows: int = 16) -> dict:
+    """How well each backbone head reads along: ``alignment.aligned_mass`` of every layer and head on the
+    first ``n_windows`` validation windows (the corpus's alignments), and the best head (cached in ``cache_dir``)."""
+    cache = cache_dir / f"attention-{n_windows}.json"
+    fp = checkpoint.fingerprint(model_path)
+    if cache.exists() and json.loads(cache.read_text())["fingerprint"] == fp:
+        return json.loads(cache.read_text())
+    model, meta = load_model(model_path)
+    t, tok = evaluate.trained_with(meta), evaluate.model_tokenizer(model_path)
+    folder = evaluate.corpus_folder(t)
+    valid = split_windows(folder, data.load_manifest(folder), load_codec(t["codec"])[0], t["codec"], tok,
+                          t["max_len"], aligned=True)["valid"]
+    mass = []
+    with torch.inference_mode():
+        for start in range(0, n_windows, 8):
+            frames, mask, align = valid.training_batch(list(range(start, start + 8)))
+            mass.append(torch.stack([aligned_mass(p, align, mask) for p in attention_maps(model, frames, mask)]))
+    by_head = torch.stack(mass).mean(0)  # (L, H)
+    layer, head = divmod(int(by_head.argmax()), by_head.shape[1])
+    out = {"fingerprint": fp, "windows": n_windows, "by_layer_head": by_head.round(decimals=4).tolist(),
+           "best": {"layer": layer, "head": head, "mass": round(float(by_head.max()), 4)}}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 def best_pair(arms: dict[str, dict]) -> str:
     """The two single remedies with the lowest held-out WER with context, "+"-joined."""
     ranked = sorted(SINGLES, key=lambda a: arms[a]["test"]["with_context"]["wer"])
@@ -99,7 +129,10 @@ def study(steps: int = 300, turns: int = 40, out: str | Path = "results/alignmen
     pair = best_pair(arms)
     arms["pair"] = judged("pair", trained(arm_config("pair", steps, pair)), turns, layouts=False)
     arms["regroup"] = judged("regroup", trained(arm_config("regroup", steps)), turns, layouts=True)
-    result = {"reference": checkpoint.model_record(REFERENCE), "steps": steps, "turns": turns, "pair": pair,
+    for arm in arms:
+        arms[arm]["attention"] = attention_alignment(ROOT / arm / "model.safetensors", ROOT / arm)
+    shipped = checkpoint.model_record(REFERENCE) | {"attention": attention_alignment(REFERENCE, ROOT / "reference")}
+    result = {"reference": shipped, "steps": steps, "turns": turns, "pair": pair,
               "recipe": {k: v for k, v in vars(arm_config("base", steps)).items() if k in (
                   "hours", "corpus_seed", "steps", "schedule_start", "lr", "warmup", "batch", "max_len", "seed")},
               "arms": arms, "provenance": checkpoint.provenance("csm_lib.alignment_study", "cpu")}

@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from csm_lib import audio, checkpoint, data
-from csm_lib.alignment import AlignmentLosses, frame_alignment, match_phones, turn_spans
+from csm_lib.alignment import (
+    AlignmentLosses,
+    aligned_mass,
+    attention_maps,
+    frame_alignment,
+    match_phones,
+    turn_spans,
+)
 from csm_lib.dataset import tokenize_turns
 from csm_lib.model import CSM, PRESETS
 from csm_lib.text import corpus_tokenizer
@@ -144,3 +151,24 @@ def test_training_with_remedies_resumes_and_ships_a_plain_csm(tmp_path):
     assert meta["steps"] == 4 and set(tensors) == set(CSM(PRESETS["tiny"]).state_dict())  # no alignment head
     state, _ = checkpoint.load(tmp_path / (tmp_path / "latest").read_text().strip())
     assert {"extra.phone_head.weight", "extra.ctc_head.weight"} <= set(state)
+
+
+def test_attention_maps_are_distributions_and_aligned_mass_scores_a_reading_head():
+    cfg = PRESETS["tiny"]
+    model = CSM(cfg).eval()
+    K, text, n_frames = cfg.n_codebooks, [1, 3, 20, 21, 22, 2], 7
+    frames = torch.zeros(1, len(text) + n_frames, K + 1, dtype=torch.long)
+    mask = torch.zeros_like(frames, dtype=torch.bool)
+    frames[0, : len(text), -1], mask[0, : len(text), -1] = torch.tensor(text), True
+    frames[0, len(text):, :K], mask[0, len(text):, :K] = torch.randint(1, 60, (n_frames, K)), True
+    align = torch.tensor([[-1] * len(text) + [2, 2, 3, 3, 4, 4, 5]])
+    maps = attention_maps(model, frames, mask)
+    assert len(maps) == cfg.backbone.n_layers and maps[0].shape == (1, cfg.backbone.n_heads, 13, 13)
+    assert torch.allclose(maps[0].sum(-1), torch.ones(1, cfg.backbone.n_heads, 13))
+    mass = aligned_mass(maps[0], align, mask)
+    assert mass.shape == (cfg.backbone.n_heads,) and ((mass >= 0) & (mass <= 1)).all()
+    reading = torch.zeros(1, 2, 13, 13)  # head 0 reads the aligned phone of the next frame, head 1 the first audio
+    for t in range(len(text) - 1, 12):
+        reading[0, 0, t, align[0, t + 1]] = 1
+        reading[0, 1, t, len(text)] = 1
+    assert aligned_mass(reading, align, mask).tolist() == [1.0, 0.0]
