@@ -28,19 +28,21 @@ from pathlib import Path
 
 import torch
 
+from csm_lib import audio as A
 from csm_lib import checkpoint, data, evaluate
 from csm_lib.alignment import aligned_mass, attention_maps
-from csm_lib.dataset import split_windows
-from csm_lib.generate import load_codec, load_model
+from csm_lib.dataset import encode_corpus, join_turns, split_windows, tokenize_turns
+from csm_lib.generate import Generator, Segment, load_codec, load_model
 from csm_lib.train import TrainConfig, train
 
 REFERENCE = Path("checkpoints/csm_reference.safetensors")
 ROOT = Path("runs/alignment_study")
 SINGLES = ("phone", "ctc", "guided")
 ARMS = ("base", *SINGLES, "pair", "regroup")
+HOURS = 20.0  # the study's corpus: the reference's first-stage corpus, whose test turns make model-eval judges
 
 
-def arm_config(arm: str, steps: int, pair: str = "", hours: float = 20.0, lr: float = 5e-4,
+def arm_config(arm: str, steps: int, pair: str = "", hours: float = HOURS, lr: float = 5e-4,
                warmup: int = 30) -> TrainConfig:
     """The reference's own recipe, continued ``steps`` steps on the ``hours`` corpus, plus the arm's addition."""
     meta = json.loads(REFERENCE.with_suffix(".json").read_text())
@@ -97,7 +99,7 @@ def attention_alignment(model_path: Path, cache_dir: Path, n_windows: int = 16) 
     if cache.exists() and json.loads(cache.read_text())["fingerprint"] == fp:
         return json.loads(cache.read_text())
     model, meta = load_model(model_path)
-    t, tok = evaluate.trained_with(meta), evaluate.model_tokenizer(model_path)
+    t, tok = evaluate.trained_with(meta, hours=HOURS), evaluate.model_tokenizer(model_path)
     folder = evaluate.corpus_folder(t)
     valid = split_windows(folder, data.load_manifest(folder), load_codec(t["codec"])[0], t["codec"], tok,
                           t["max_len"], aligned=True)["valid"]
@@ -113,6 +115,38 @@ def attention_alignment(model_path: Path, cache_dir: Path, n_windows: int = 16) 
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(out, indent=1) + "\n")
     return out
+
+
+def heard_turn(model_path: Path, name: str, head: dict, out_dir: Path, seed: int = 0) -> dict:
+    """One held-out test turn (the first ``evaluate.held_out_targets`` gives) through the model ``model_path``:
+    what it says with the conversation as context (``out_dir/<name>.wav``, at the chosen temperature), and the
+    attention of its best ``head`` (``attention_alignment``) from the turn's ground-truth audio frames to the
+    turn's text, teacher-forced: rows are the turn's frames, columns its text tokens."""
+    model, meta = load_model(model_path)
+    t, tok = evaluate.trained_with(meta, hours=HOURS), evaluate.model_tokenizer(model_path)
+    folder = evaluate.corpus_folder(t)
+    codec = load_codec(t["codec"])[0]
+    row, earlier = evaluate.held_out_targets(data.load_manifest(folder, "test"), 1)[0]
+    codes = encode_corpus(folder, data.load_manifest(folder), codec, checkpoint.fingerprint(t["codec"]))
+    turns = tokenize_turns([*earlier, row], codes, tok, data.alignments(folder))
+    frames, mask, _ = join_turns(turns)
+    with torch.inference_mode():
+        probs = attention_maps(model, frames[None], mask[None])[head["layer"]][0, head["head"]]  # (S, S)
+    start = len(frames) - len(turns[-1].frames)
+    n_text = int(turns[-1].mask[:, -1].sum())
+    audio_rows = range(start + n_text - 1, len(frames) - 1)  # the states that emit the turn's frames
+    attention = probs[list(audio_rows), start:start + n_text]
+    temperature = json.loads(Path("results/temperature_sweep.json").read_text())["chosen"]
+    gen = Generator(model, codec, tok, temperature=temperature)
+    context = [Segment(r["speaker"], r["text"], A.load(r["wav"])[0]) for r in earlier]
+    wav = gen.generate(row["text"], row["speaker"], context, 15_000, seed=seed)
+    A.save(out_dir / f"{name}.wav", wav, gen.sample_rate)
+    return {"turn": f"{row['conversation']}/{row['turn']}", "text": row["text"],
+            "tokens": [tok.tokens[i] for i in turns[-1].frames[:n_text, -1].tolist()],
+            "aligned": (turns[-1].align[n_text:] if turns[-1].align is not None else torch.empty(0)).tolist(),
+            "layer": head["layer"], "head": head["head"], "attention": attention.round(decimals=3).tolist(),
+            "wav": f"{out_dir.name}/{name}.wav", "seconds": round(len(wav) / gen.sample_rate, 2),
+            "ground_truth_wav": row["wav"]}
 
 
 def best_pair(arms: dict[str, dict]) -> str:
@@ -132,6 +166,15 @@ def study(steps: int = 300, turns: int = 40, out: str | Path = "results/alignmen
     for arm in arms:
         arms[arm]["attention"] = attention_alignment(ROOT / arm / "model.safetensors", ROOT / arm)
     shipped = checkpoint.model_record(REFERENCE) | {"attention": attention_alignment(REFERENCE, ROOT / "reference")}
+    samples = Path(out).parent / "alignment_samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    for arm in arms:
+        arms[arm]["heard"] = heard_turn(ROOT / arm / "model.safetensors", arm, arms[arm]["attention"]["best"], samples)
+    shipped["heard"] = heard_turn(REFERENCE, "reference", shipped["attention"]["best"], samples)
+    ground_truth = shipped["heard"].pop("ground_truth_wav")
+    A.save(samples / "ground_truth.wav", A.load(ground_truth)[0], A.SAMPLE_RATE)
+    for j in (*arms.values(), shipped):
+        j["heard"].pop("ground_truth_wav", None)
     result = {"reference": shipped, "steps": steps, "turns": turns, "pair": pair,
               "recipe": {k: v for k, v in vars(arm_config("base", steps)).items() if k in (
                   "hours", "corpus_seed", "steps", "schedule_start", "lr", "warmup", "batch", "max_len", "seed")},

@@ -105,6 +105,17 @@ def split_windows(folder: str | Path, rows: list[dict], codec: Codec, codec_path
                                                       phones), max_len) for split in ("train", "valid")}
 
 
+def join_turns(turns: list[Turn]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Turns one after another: frames and mask ``(S, K+1)``, and the alignment ``(S,)`` with each turn's
+    positions moved to where the turn starts (None unless every turn has one)."""
+    frames, mask = Fr.concat([(t.frames, t.mask) for t in turns])
+    if any(t.align is None for t in turns):
+        return frames, mask, None
+    starts = np.cumsum([0] + [len(t.frames) for t in turns[:-1]])
+    align = torch.cat([torch.where(t.align >= 0, t.align + int(s), -1) for t, s in zip(turns, starts, strict=True)])
+    return frames, mask, align
+
+
 class ConversationWindows:
     """Windows of consecutive turns, at most ``max_len`` positions; one window per starting turn."""
 
@@ -149,12 +160,7 @@ class ConversationWindows:
             turns = [Turn(first.conversation, first.turn, first.speaker, first.text, first.frames[: self.max_len],
                           first.mask[: self.max_len], first.row,
                           None if first.align is None else first.align[: self.max_len])]
-        frames, mask = Fr.concat([(t.frames, t.mask) for t in turns])
-        if any(t.align is None for t in turns):
-            return frames, mask, None
-        starts = np.cumsum([0] + [len(t.frames) for t in turns[:-1]])
-        align = torch.cat([torch.where(t.align >= 0, t.align + int(s), -1) for t, s in zip(turns, starts, strict=True)])
-        return frames, mask, align
+        return join_turns(turns)
 
     def training_batch(self, indices: list[int], regroup: float = 0.0, generator: torch.Generator | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
