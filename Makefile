@@ -121,11 +121,11 @@ seed-variants: setup
 ## The test turns are those of stage 1's corpus (20 h, --hours), the turns every earlier reference was judged on;
 ## stage 2's larger corpus holds out the same sentences, and the result counts its overlap against that corpus.
 model-eval: setup
-	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate sweep checkpoints/csm_reference.safetensors results/temperature_sweep.json
+	CSM_PROGRESS=0 $(PY) -m csm_lib.judges.evaluate sweep checkpoints/csm_reference.safetensors results/temperature_sweep.json
 	t=$$($(PY) -c "import json; print(json.load(open('results/temperature_sweep.json'))['chosen'])"); \
-	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate checkpoints/csm_reference.safetensors --turns=40 --unseen_turns=30 \
+	CSM_PROGRESS=0 $(PY) -m csm_lib.judges.evaluate checkpoints/csm_reference.safetensors --turns=40 --unseen_turns=30 \
 	  --temperature=$$t --hours=20
-	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate probe checkpoints/csm_reference.safetensors results/reference_model_probe.json
+	CSM_PROGRESS=0 $(PY) -m csm_lib.judges.evaluate probe checkpoints/csm_reference.safetensors results/reference_model_probe.json
 
 ## text-inputs: what should the backbone read? The model recipe with bpe, chars and phones, COMPARE_MINUTES of
 ## training each (same steps schedule, same wall time), judged with context on the same 16 held-out and 16
@@ -137,7 +137,7 @@ text-inputs: setup
 	  OMP_NUM_THREADS=2 $(PY) -m csm_lib.train $(MODEL_RECIPE) --text_input=$$t --minutes=$(COMPARE_MINUTES) \
 	    --out=runs/text-$$t; \
 	done
-	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate compare results/text_input.json \
+	CSM_PROGRESS=0 $(PY) -m csm_lib.judges.evaluate compare results/text_input.json \
 	  runs/text-bpe/model.safetensors runs/text-chars/model.safetensors runs/text-phones/model.safetensors \
 	  --turns=$(COMPARE_TURNS)
 
@@ -177,11 +177,11 @@ BASELINE_MINUTES ?= 15
 TEXTLM_MINUTES ?= 4
 baselines: setup
 	for s in valle audiolm; do \
-	  OMP_NUM_THREADS=2 CSM_PROGRESS=0 $(PY) -m csm_lib.train_baselines --system=$$s --minutes=$(BASELINE_MINUTES); \
+	  OMP_NUM_THREADS=2 CSM_PROGRESS=0 $(PY) -m csm_lib.baselines.train --system=$$s --minutes=$(BASELINE_MINUTES); \
 	  cp runs/$$s/model.safetensors checkpoints/$${s}_reference.safetensors; \
 	  cp runs/$$s/model.json checkpoints/$${s}_reference.json; \
 	done
-	OMP_NUM_THREADS=2 CSM_PROGRESS=0 $(PY) -m csm_lib.train_baselines --system=textlm --minutes=$(TEXTLM_MINUTES)
+	OMP_NUM_THREADS=2 CSM_PROGRESS=0 $(PY) -m csm_lib.baselines.train --system=textlm --minutes=$(TEXTLM_MINUTES)
 	cp runs/textlm/model.safetensors checkpoints/textlm_reference.safetensors
 	cp runs/textlm/model.json checkpoints/textlm_reference.json
 	cp runs/textlm/model.tokenizer.json checkpoints/textlm_reference.tokenizer.json
@@ -206,7 +206,7 @@ bench-serve: setup
 ## fitted on 80 valid-split turns, then ground truth, codec resynthesis and six broken controls scored on 100 held-out
 ## test turns of the reference corpus (needs the corpus of `make model`; about 25 min)
 quality-judges: setup flite
-	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.quality validate --turns=100 --calibration_turns=80
+	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.judges.quality validate --turns=100 --calibration_turns=80
 
 ## bench-quality: chapter 10's table (csm_lib/bench_quality.py) -> results/quality_table.json and results/quality_samples/:
 ## ground truth, CSM with and without context, the seed variants (`make seed-variants`) and chapter 09's baselines
@@ -219,7 +219,7 @@ bench-quality: setup flite
 ## results/pronunciation.json: the forced-choice judge validated on flite, then flite and the reference CSM (2 seeds);
 ## about 15 min on 2 cores
 bench-pronunciation: setup flite
-	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.pronunciation
+	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.judges.pronunciation
 
 ## screenshot: the browser test (JupyterLab + chromium) writing figures/12_playground.png (needs chromium)
 screenshot: setup

@@ -464,8 +464,8 @@ def int8_speed(model: CSM, n_frames: int, repeats: int) -> dict:
 
 def int8_quality(model_path, turns: int) -> dict:
     """WER/SIM of fp32 and INT8 on the same held-out turns (with context, same seeds)."""
-    from csm_lib.evaluate import evaluate_model, model_tokenizer, trained_with
     from csm_lib.generate import load_model
+    from csm_lib.judges.evaluate import evaluate_model, model_tokenizer, trained_with
 
     model, meta = load_model(model_path)
     t = trained_with(meta)

@@ -35,15 +35,16 @@ import soundfile as sf
 import torch
 
 from csm_lib import audio as A
-from csm_lib import data, metrics, quality
+from csm_lib import data, metrics
 from csm_lib.generate import REFERENCE_CODEC, REFERENCE_MODEL, Generator, Segment, load_generator
+from csm_lib.judges import quality
+from csm_lib.judges.quality import SAMPLING
 from csm_lib.outputs import REPO, RESULTS
 from csm_lib.progress import progress
 
 SYSTEMS = ("ground_truth", "csm", "csm_no_context", "csm_plain", "csm_memory", "csm_cross_modal",
            "pipeline", "valle", "audiolm")
 SEEDS = (0, 1)
-SAMPLING = {"temperature": 0.9, "topk": 50}
 CACHE = REPO / "data" / "quality_cache"
 SAMPLES = RESULTS / "quality_samples"
 RANK_BY = {  # column -> the per-turn value that orders its samples from worst to best
@@ -92,8 +93,8 @@ def make_speaker(name: str) -> Speaker | None:
     if name.startswith("csm_"):
         path = REPO / "checkpoints" / f"{name}.safetensors"
         return csm_speaker(load_generator(path, REFERENCE_CODEC)) if path.exists() else None
+    from csm_lib.baselines.train import load
     from csm_lib.bench_latency import CHECKPOINTS
-    from csm_lib.train_baselines import load
 
     if not all(CHECKPOINTS[k].exists() for k in ("valle", "audiolm", "textlm")):
         return None

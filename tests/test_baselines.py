@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from csm_lib import checkpoint
-from csm_lib.audiolm import AudioLM, AudioLMConfig, flatten, unflatten
 from csm_lib.backbone import Transformer, TransformerConfig
-from csm_lib.token_lm import TokenLM, TokenLMConfig
-from csm_lib.train_baselines import audio_batch, build, load, loss, sizes
-from csm_lib.valle import VallE, VallEConfig
+from csm_lib.baselines.audiolm import AudioLM, AudioLMConfig, flatten, unflatten
+from csm_lib.baselines.token_lm import TokenLM, TokenLMConfig
+from csm_lib.baselines.train import audio_batch, build, load, loss, sizes
+from csm_lib.baselines.valle import VallE, VallEConfig
 
 K, V, TV = 8, 16, 12
 
@@ -189,9 +189,9 @@ def test_csm_keeps_the_conversation_up_to_the_users_turn(tiny_systems):
 
 
 def test_cost_model_orders_the_staging():
+    from csm_lib.baselines.train import configs
     from csm_lib.bench_latency import cost_before_first_sample, fit_cost
     from csm_lib.model import PRESETS as CSM_PRESETS
-    from csm_lib.train_baselines import configs
 
     cfgs = {"csm": CSM_PRESETS["reference"], **configs(72)}
     for n in (12, 60, 250):

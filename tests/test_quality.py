@@ -7,7 +7,7 @@ import torch
 
 from csm_lib import audio as A
 from csm_lib import data
-from csm_lib.quality import SCORES, calibrate, features, separated, style_distance, summarize, turn_scores
+from csm_lib.judges.quality import SCORES, calibrate, features, separated, style_distance, summarize, turn_scores
 
 LINES = ["the weather has been lovely all week", "we should walk along the river after lunch",
          "i left my umbrella at the station", "could you bring the blue folder tomorrow",

@@ -28,8 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from csm_lib.backbone import Transformer, TransformerConfig
+from csm_lib.baselines.token_lm import TokenLM, TokenLMConfig
 from csm_lib.model import sample_topk
-from csm_lib.token_lm import TokenLM, TokenLMConfig
 
 
 @dataclass

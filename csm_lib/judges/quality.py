@@ -49,7 +49,7 @@ import torch
 
 from csm_lib import audio as A
 from csm_lib import data, metrics
-from csm_lib.evaluate import held_out_targets, style_vector
+from csm_lib.judges.evaluate import held_out_targets, style_vector
 from csm_lib.progress import progress
 
 SCORES = ("character_consistency", "emotional_coherence", "prosodic_naturalness", "turn_taking_fluency",
@@ -70,6 +70,7 @@ DEFINITIONS = {
 }
 PN_FEATURES = ("voiced_share", "f0_jump_st", "f0_rel_range", "rate", "longest_pause_s")
 N_DECOYS = 5  # other conversations of the same voice, for emotional coherence
+SAMPLING = {"temperature": 0.9, "topk": 50}  # every system of the quality table, and the pronunciation checks
 SR = metrics.JUDGE_SR
 
 
@@ -435,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = data.build(data.corpus_of(meta["train"]))
     codec, _ = load_codec(REFERENCE_CODEC)
     result = validate(folder, codec, a.turns, a.calibration_turns, a.seed)
-    result["provenance"] = provenance("csm_lib.quality", "cpu")
+    result["provenance"] = provenance("csm_lib.judges.quality", "cpu")
     write_json(result, a.out)
     print(json.dumps(_jsonable({k: result[k] for k in ("checks", "summaries")}), indent=1)[:6000])
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from csm_lib.backbone import TransformerConfig
-from csm_lib.token_lm import TokenLM, TokenLMConfig
+from csm_lib.baselines.token_lm import TokenLM, TokenLMConfig
 
 COARSE = (1, 2, 3)  # codebooks of the coarse acoustic stage
 FINE = (4, 5, 6, 7)  # codebooks of the fine acoustic stage
