@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from csm_lib import metrics
-from csm_lib.serve import Server
+from csm_lib.serve.app import Server
 
 LEVELS = (1, 4, 8)  # concurrent streaming clients
 
