@@ -18,7 +18,8 @@ import soundfile as sf
 import torch
 
 from csm_lib import metrics
-from csm_lib.serve.app import Server, encode_wav
+from csm_lib.serve.app import Server
+from csm_lib.serve.wav import encode_wav
 
 LIMITS = dict(workers=2, max_streams=3, max_conversations=3, max_audio_length_ms=8000, max_text_chars=200,
               max_body_bytes=2_000_000, max_context_audio_s=20, request_timeout_s=60)
