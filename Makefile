@@ -213,7 +213,7 @@ quality-judges: setup flite
 ## (`make baselines`) on 100 held-out test turns x 2 sampling seeds. Long (about 1.5 h on 2 cores); resumable: each
 ## system's judged turns are cached in data/quality_cache/ (delete it to start afresh)
 bench-quality: setup flite
-	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.bench_quality
+	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.bench.quality
 
 ## bench-pronunciation: chapter 10's homograph and pronunciation-continuation checks (csm_lib/pronunciation.py) ->
 ## results/pronunciation.json: the forced-choice judge validated on flite, then flite and the reference CSM (2 seeds);

@@ -143,7 +143,7 @@ def test_sizes_match_the_reference_csm():
 def tiny_systems():
     import dataclasses
 
-    from csm_lib.bench_latency import speakers
+    from csm_lib.bench.latency import speakers
     from csm_lib.codec import PRESETS as CODEC_PRESETS
     from csm_lib.codec import Codec
     from csm_lib.generate import Generator, Segment
@@ -165,7 +165,7 @@ def tiny_systems():
 
 
 def test_every_system_speaks_the_same_length_and_only_csm_streams(tiny_systems):
-    from csm_lib.bench_latency import run_system
+    from csm_lib.bench.latency import run_system
 
     gen, fns, ctx = tiny_systems
     n = 6
@@ -180,7 +180,7 @@ def test_every_system_speaks_the_same_length_and_only_csm_streams(tiny_systems):
 
 
 def test_csm_keeps_the_conversation_up_to_the_users_turn(tiny_systems):
-    from csm_lib.bench_latency import run_system
+    from csm_lib.bench.latency import run_system
 
     gen, fns, ctx = tiny_systems
     kept = torch.cat(list(run_system("csm", fns["csm"], gen, "hello", 0, ctx, 5, seed=3)))
@@ -190,7 +190,7 @@ def test_csm_keeps_the_conversation_up_to_the_users_turn(tiny_systems):
 
 def test_cost_model_orders_the_staging():
     from csm_lib.baselines.train import configs
-    from csm_lib.bench_latency import cost_before_first_sample, fit_cost
+    from csm_lib.bench.latency import cost_before_first_sample, fit_cost
     from csm_lib.model import PRESETS as CSM_PRESETS
 
     cfgs = {"csm": CSM_PRESETS["reference"], **configs(72)}

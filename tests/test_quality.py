@@ -83,7 +83,7 @@ def _summary(level: float, width: float = 0.02) -> dict:
 
 
 def test_verdicts_follow_the_intervals():
-    from csm_lib.bench_quality import seed_layout, verdicts
+    from csm_lib.bench.quality import seed_layout, verdicts
 
     csm = _summary(0.9, 0.05)  # the seed's 0.88, 0.91, 0.85 (!), 0.89, 0.92 all inside [0.85, 0.95]...
     csm |= {"character_consistency": 0.97, "character_consistency_ci95": [0.95, 0.99],  # ...but above 0.88

@@ -285,21 +285,21 @@ def bench_training_knobs(threads: int = 2, repeats: int = 5) -> dict:
 
 def bench_inference(**kwargs) -> dict:
     """Chapter 08's benchmark; it lives in ``csm_lib/bench_inference.py``, which imports this module's helpers."""
-    from csm_lib.bench_inference import bench_inference as run
+    from csm_lib.bench.inference import bench_inference as run
 
     return run(**kwargs)
 
 
 def bench_latency(**kwargs) -> dict:
     """Chapter 09's latency table; it lives in ``csm_lib/bench_latency.py``."""
-    from csm_lib.bench_latency import bench_latency as run
+    from csm_lib.bench.latency import bench_latency as run
 
     return run(**kwargs)
 
 
 def bench_serve(**kwargs) -> dict:
     """Chapter 11's serving benchmark; it lives in ``csm_lib/bench_serve.py``."""
-    from csm_lib.bench_serve import bench_serve as run
+    from csm_lib.bench.serve import bench_serve as run
 
     return run(**kwargs)
 

@@ -73,7 +73,7 @@ def csm_speaker(gen: Generator, with_context: bool = True) -> Speaker:
 
 
 def baseline_speaker(name: str, gen: Generator, models: dict) -> Speaker:
-    from csm_lib.bench_latency import speakers
+    from csm_lib.bench.latency import speakers
 
     fn = speakers(gen, models)[name]
 
@@ -94,7 +94,7 @@ def make_speaker(name: str) -> Speaker | None:
         path = REPO / "checkpoints" / f"{name}.safetensors"
         return csm_speaker(load_generator(path, REFERENCE_CODEC)) if path.exists() else None
     from csm_lib.baselines.train import load
-    from csm_lib.bench_latency import CHECKPOINTS
+    from csm_lib.bench.latency import CHECKPOINTS
 
     if not all(CHECKPOINTS[k].exists() for k in ("valle", "audiolm", "textlm")):
         return None
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(2)
     result = table(a.turns, a.calibration_turns, tuple(a.systems.split(",")), SEEDS, Path(a.cache), Path(a.samples))
     result["measured_with"] = model_record(REFERENCE_MODEL)  # the CSM rows' model
-    result["provenance"] = provenance("csm_lib.bench_quality", "cpu")
+    result["provenance"] = provenance("csm_lib.bench.quality", "cpu")
     quality.write_json(result, a.out)
     print(json.dumps({k: {c: v["summary"][c] for c in (*quality.SCORES, "wer", "sim")}
                       for k, v in result["systems"].items()}, indent=1))

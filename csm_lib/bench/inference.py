@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from csm_lib import frames as Fr
-from csm_lib.bench import median_ms, threads_set
+from csm_lib.bench.common import median_ms, threads_set
 from csm_lib.codec import StreamingDecoder
 from csm_lib.generate import Conversation, Generator, Segment, as_heard, load_generator
 from csm_lib.inference import FastCSM, LayerCache, int8, plain_frames
