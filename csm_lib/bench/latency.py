@@ -37,8 +37,7 @@ from csm_lib import data, metrics
 from csm_lib import text as Tx
 from csm_lib.baselines import pipeline
 from csm_lib.baselines.train import load, load_text_lm, reply_prefix
-from csm_lib.bench.common import threads_set
-from csm_lib.bench.inference import DEVICES, LAUNCH_US, conversation_with, first_audio, layer_weights
+from csm_lib.bench.common import DEVICES, LAUNCH_US, conversation_with, first_audio, layer_weights, threads_set
 from csm_lib.generate import REFERENCE_MODEL, Generator, Segment, load_generator, load_model
 from csm_lib.judges.evaluate import corpus_folder, held_out_targets, trained_with
 from csm_lib.outputs import REPO
