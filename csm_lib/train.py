@@ -30,6 +30,8 @@ records the codec's fingerprint, the speaker ids and ``max_len``), the tokenizer
 Every ``eval_every`` steps: validation losses, and with ``judge_turns > 0`` the metrics of a
 ``judge`` passed to ``train`` (``evaluate.judge_valid``: WER and SIM of generated valid turns;
 this module does not import ``evaluate``).
+
+Explained in chapter 07 (``notebooks/07_training.ipynb``).
 """
 
 from __future__ import annotations

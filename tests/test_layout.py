@@ -32,7 +32,7 @@ MAY_IMPORT = {
 }
 MAX_LINES = 500
 # modules over MAX_LINES, each with why it is not split yet; the test fails when the list is not exact
-TOO_LONG = {"csm_lib/generate.py": "558 lines; being edited elsewhere at the time of the layout refactor (issue 29)"}
+TOO_LONG = {"csm_lib/generate.py": "Segment, Generator, Conversation: edited by other work during issue 29"}
 
 
 def module_name(path: Path) -> str:

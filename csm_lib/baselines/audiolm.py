@@ -16,6 +16,8 @@ Each stage is a ``token_lm.TokenLM``; codebook 0 is our codec's semantic codeboo
 so the semantic stage writes what AudioLM's w2v-BERT tokens would carry.
 
 Shapes: P text positions, N frames, K codebooks (8), V codes per codebook.
+
+Explained in chapter 09 (``notebooks/09_latency_table.ipynb``).
 """
 
 from __future__ import annotations

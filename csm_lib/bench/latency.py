@@ -4,9 +4,9 @@ Four systems of the seed's table, each at the reference CSM's parameter count, o
 the same text front end (flite's phones), the same machine and the same run, batch 1, sampled
 (temperature 0.9, top-k 50):
 
-* ``pipeline`` (``pipeline.py``): the reference CSM without context, every frame, then one decode;
-* ``audiolm`` (``audiolm.py``): semantic -> coarse -> fine, each stage over the whole utterance;
-* ``valle`` (``valle.py``): codebook 0 autoregressively, then K-1 non-autoregressive passes;
+* ``pipeline`` (``baselines/pipeline.py``): the reference CSM without context, every frame, then one decode;
+* ``audiolm`` (``baselines/audiolm.py``): semantic -> coarse -> fine, each stage over the whole utterance;
+* ``valle`` (``baselines/valle.py``): codebook 0 autoregressively, then K-1 non-autoregressive passes;
 * ``csm``: the reference CSM streaming frame by frame through the codec's causal decoder, the
   conversation kept (chapter 08: ``Conversation``); ``csm_stateless`` re-encodes the context instead.
 

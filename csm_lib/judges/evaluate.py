@@ -32,6 +32,8 @@ temperature on validation turns (``sweep_temperature``).
 (training reports it when ``judge_turns > 0``); ``probe`` asks whether a model reads its text.
 This module and ``train`` do not import each other: what both need (loading checkpoints) lives
 in ``generate``, the corpus windows in ``dataset``.
+
+Explained in chapter 07 (``notebooks/07_training.ipynb``).
 """
 
 from __future__ import annotations

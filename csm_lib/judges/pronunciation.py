@@ -27,6 +27,8 @@ pronunciation on the better path is the one heard. It is validated on flite audi
 pronunciation is known (the word respelled to force each one): ``validate``.
 
 Shapes: audio ``(T,)`` float at ``sr``.
+
+Explained in chapter 10 (``notebooks/10_quality_table.ipynb``).
 """
 
 from __future__ import annotations

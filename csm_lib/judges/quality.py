@@ -31,6 +31,8 @@ duration ratio to ground truth. Every summary carries a bootstrap 95% interval o
 
 Shapes: audio ``(T,)`` float at ``sr``; an embedding ``(256,)``; a style vector ``(3,)`` (log F0
 level, log F0 range, log syllable rate).
+
+Explained in chapter 10 (``notebooks/10_quality_table.ipynb``).
 """
 
 from __future__ import annotations
