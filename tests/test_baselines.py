@@ -136,7 +136,7 @@ def test_sizes_match_the_reference_csm():
         assert abs(n / csm - 1) < 0.05, (name, n, csm)
 
 
-# --- the latency benchmark's pieces (bench_latency.py), on tiny models ---------------------------------
+# --- the latency benchmark's pieces (bench/latency.py), on tiny models ---------------------------------
 
 
 @pytest.fixture(scope="module")

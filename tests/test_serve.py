@@ -1,4 +1,4 @@
-"""The HTTP server (csm_lib/serve.py), tested against a real one: uvicorn in a subprocess on 127.0.0.1.
+"""The HTTP server (csm_lib/serve/), tested against a real one: uvicorn in a subprocess on 127.0.0.1.
 
 One server for the module (2 worker processes, small limits so that the limits can be hit); every
 test talks to it over HTTP as a client would.
