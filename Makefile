@@ -121,11 +121,11 @@ seed-variants: setup
 ## The test turns are those of stage 1's corpus (20 h, --hours), the turns every earlier reference was judged on;
 ## stage 2's larger corpus holds out the same sentences, and the result counts its overlap against that corpus.
 model-eval: setup
-	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate sweep checkpoints/csm_reference.safetensors results/temperature_sweep.json
+	CSM_PROGRESS=0 $(PY) -m csm_lib.judges.evaluate sweep checkpoints/csm_reference.safetensors results/temperature_sweep.json
 	t=$$($(PY) -c "import json; print(json.load(open('results/temperature_sweep.json'))['chosen'])"); \
-	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate checkpoints/csm_reference.safetensors --turns=40 --unseen_turns=30 \
+	CSM_PROGRESS=0 $(PY) -m csm_lib.judges.evaluate checkpoints/csm_reference.safetensors --turns=40 --unseen_turns=30 \
 	  --temperature=$$t --hours=20
-	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate probe checkpoints/csm_reference.safetensors results/reference_model_probe.json
+	CSM_PROGRESS=0 $(PY) -m csm_lib.judges.evaluate probe checkpoints/csm_reference.safetensors results/reference_model_probe.json
 
 ## text-inputs: what should the backbone read? The model recipe with bpe, chars and phones, COMPARE_MINUTES of
 ## training each (same steps schedule, same wall time), judged with context on the same 16 held-out and 16
@@ -137,7 +137,7 @@ text-inputs: setup
 	  OMP_NUM_THREADS=2 $(PY) -m csm_lib.train $(MODEL_RECIPE) --text_input=$$t --minutes=$(COMPARE_MINUTES) \
 	    --out=runs/text-$$t; \
 	done
-	CSM_PROGRESS=0 $(PY) -m csm_lib.evaluate compare results/text_input.json \
+	CSM_PROGRESS=0 $(PY) -m csm_lib.judges.evaluate compare results/text_input.json \
 	  runs/text-bpe/model.safetensors runs/text-chars/model.safetensors runs/text-phones/model.safetensors \
 	  --turns=$(COMPARE_TURNS)
 
@@ -157,7 +157,7 @@ budget-gpu: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.budget measure --layout=runs/gpu/layout.json --device=cuda \
 	  --out=results/paper_422m_gpu.json
 
-## bench-…: the timing benchmarks of chapters 04-07 (csm_lib/bench.py) -> results/*.json. Run nothing else meanwhile:
+## bench-…: the timing benchmarks of chapters 04-07 (csm_lib/bench/) -> results/*.json. Run nothing else meanwhile:
 ## they time a CPU shared by two cores. The notebooks read these files; `make test` never rewrites them.
 bench-kv-cache: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench kv-cache
@@ -171,7 +171,7 @@ bench-context-cost: setup
 bench-training-knobs: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench training-knobs
 
-## bench-inference: chapter 08 (csm_lib/bench_inference.py) -> results/inference.json: the fast path against the
+## bench-inference: chapter 08 (csm_lib/bench/inference.py, streaming.py) -> results/inference.json: the fast path against the
 ## plain path and transformers' generate, context length, attention backends, time to first audio, INT8 (with the
 ## WER of 20 held-out turns: needs the reference corpus of `make model`), speculative decoding, torch.compile
 ## (about 15 min on 2 cores; needs flite)
@@ -179,55 +179,55 @@ bench-inference: setup flite
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench inference
 
 ## baselines: the latency table's other systems, trained on the reference CSM's corpus, codec and phones
-## (csm_lib/train_baselines.py): VALL-E-style and AudioLM-style at the CSM's parameter count, BASELINE_MINUTES
+## (csm_lib/baselines/train.py): VALL-E-style and AudioLM-style at the CSM's parameter count, BASELINE_MINUTES
 ## each, and the full-turn column's character LM, TEXTLM_MINUTES. A sitting resumes runs/<system> when it exists.
 BASELINE_MINUTES ?= 15
 TEXTLM_MINUTES ?= 4
 baselines: setup
 	for s in valle audiolm; do \
-	  OMP_NUM_THREADS=2 CSM_PROGRESS=0 $(PY) -m csm_lib.train_baselines --system=$$s --minutes=$(BASELINE_MINUTES); \
+	  OMP_NUM_THREADS=2 CSM_PROGRESS=0 $(PY) -m csm_lib.baselines.train --system=$$s --minutes=$(BASELINE_MINUTES); \
 	  cp runs/$$s/model.safetensors checkpoints/$${s}_reference.safetensors; \
 	  cp runs/$$s/model.json checkpoints/$${s}_reference.json; \
 	done
-	OMP_NUM_THREADS=2 CSM_PROGRESS=0 $(PY) -m csm_lib.train_baselines --system=textlm --minutes=$(TEXTLM_MINUTES)
+	OMP_NUM_THREADS=2 CSM_PROGRESS=0 $(PY) -m csm_lib.baselines.train --system=textlm --minutes=$(TEXTLM_MINUTES)
 	cp runs/textlm/model.safetensors checkpoints/textlm_reference.safetensors
 	cp runs/textlm/model.json checkpoints/textlm_reference.json
 	cp runs/textlm/model.tokenizer.json checkpoints/textlm_reference.tokenizer.json
 
-## bench-latency: chapter 09's table (csm_lib/bench_latency.py) -> results/latency_table.json: pipeline, AudioLM-style,
+## bench-latency: chapter 09's table (csm_lib/bench/latency.py) -> results/latency_table.json: pipeline, AudioLM-style,
 ## VALL-E-style and CSM on 24 held-out replies (speech out and full turn), latency vs reply length, the cost model,
 ## and each system's WER (needs the checkpoints of `make baselines` and the reference corpus of `make model`)
 bench-latency: setup flite
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench latency
 
-## serve: the reference model over HTTP on 127.0.0.1:8000 (csm_lib/serve.py; `$(PY) -m csm_lib.serve --help` for
+## serve: the reference model over HTTP on 127.0.0.1:8000 (csm_lib/serve/; `$(PY) -m csm_lib.serve --help` for
 ## --model, --codec, --port and every limit). Ctrl-C stops it.
 serve: setup
 	$(PY) -m csm_lib.serve $(SERVE_ARGS)
 
-## bench-serve: chapter 11 (csm_lib/bench_serve.py) -> results/serving.json: 1, 4 and 8 concurrent streaming clients
+## bench-serve: chapter 11 (csm_lib/bench/serve.py) -> results/serving.json: 1, 4 and 8 concurrent streaming clients
 ## (TTFB, RTF, throughput), server memory over 500 requests, codec chunk cost, 1 worker x 2 threads (about 5 min)
 bench-serve: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench serve
 
-## quality-judges: chapter 10's judges validated (csm_lib/quality.py) -> results/quality_validation.json: thresholds
+## quality-judges: chapter 10's judges validated (csm_lib/judges/quality.py) -> results/quality_validation.json: thresholds
 ## fitted on 80 valid-split turns, then ground truth, codec resynthesis and six broken controls scored on 100 held-out
 ## test turns of the reference corpus (needs the corpus of `make model`; about 25 min)
 quality-judges: setup flite
-	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.quality validate --turns=100 --calibration_turns=80
+	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.judges.quality validate --turns=100 --calibration_turns=80
 
-## bench-quality: chapter 10's table (csm_lib/bench_quality.py) -> results/quality_table.json and results/quality_samples/:
+## bench-quality: chapter 10's table (csm_lib/bench/quality.py) -> results/quality_table.json and results/quality_samples/:
 ## ground truth, CSM with and without context, the seed variants (`make seed-variants`) and chapter 09's baselines
 ## (`make baselines`) on 100 held-out test turns x 2 sampling seeds. Long (about 1.5 h on 2 cores); resumable: each
 ## system's judged turns are cached in data/quality_cache/ (delete it to start afresh)
 bench-quality: setup flite
-	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.bench_quality
+	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.bench.quality
 
-## bench-pronunciation: chapter 10's homograph and pronunciation-continuation checks (csm_lib/pronunciation.py) ->
+## bench-pronunciation: chapter 10's homograph and pronunciation-continuation checks (csm_lib/judges/pronunciation.py) ->
 ## results/pronunciation.json: the forced-choice judge validated on flite, then flite and the reference CSM (2 seeds);
 ## about 15 min on 2 cores
 bench-pronunciation: setup flite
-	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.pronunciation
+	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.judges.pronunciation
 
 ## screenshot: the browser test (JupyterLab + chromium) writing figures/12_playground.png (needs chromium)
 screenshot: setup

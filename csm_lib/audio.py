@@ -4,6 +4,8 @@ Conventions used across csm_lib: audio is a float32 tensor in [-1, 1], mono, sha
 for one clip or ``(B, T)`` for a batch, and its sample rate travels with it as an ``int``.
 Files are read and written with ``soundfile`` (torchaudio 2.11 delegates file I/O to
 torchcodec, which we do not need); resampling and mel features use ``torchaudio``.
+
+Chapter 01 (``notebooks/01_data.ipynb``) introduces it; every chapter that hears or measures audio uses it.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ tokens, audio frames) is decided by ``model.py``. RoPE uses the half-split ("rot
 layout of Hugging Face's Llama, so weights convert to and from transformers without permutation.
 
 Shapes: B batch, S positions, D model width, H query heads, G key/value heads, Dh head width.
+
+Explained in chapter 04 (``notebooks/04_backbone.ipynb``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ Input level matters: the codec is trained on corpus audio normalised to -23 dBFS
 8 dB louder reconstructs measurably worse (log-mel distance 1.0 instead of 0.64).
 
 Shapes: B batch, T samples, M mel frames (100 Hz), F codec frames, K codebooks, D latent width.
+
+Explained in chapter 03 (``notebooks/03_codec.ipynb``).
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ Hugging Face hub under ``sesame/csm-1b``). Nothing here downloads: fetch the fol
 or in Python ``model = load_hf_checkpoint("csm-1b")``. The result speaks Mimi codes (32
 codebooks of 2,051 at 24 kHz) and Llama-3 text tokens, not our codec's and tokenizer's: pair it
 with Mimi and the Llama-3 tokenizer, which this workbook does not ship.
+
+Used in chapter 06 (``notebooks/06_context_and_memory.ipynb``: csm-1b's size) and chapter 08 (against
+transformers' own ``generate``).
 """
 
 from __future__ import annotations

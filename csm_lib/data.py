@@ -26,6 +26,8 @@ sentence as well as by conversation: valid and test conversations use sentences 
 conversation uses, and a fourth split, ``unseen``, uses sentences with words training never sees.
 
 Build with ``python -m csm_lib.data --hours 1`` (``--text=wordnet`` for real sentences).
+
+Explained in chapter 01 (``notebooks/01_data.ipynb``).
 """
 
 from __future__ import annotations

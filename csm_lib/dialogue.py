@@ -8,6 +8,8 @@ sentences are possible (``count_distinct_sentences`` counts them).
 
 A conversation is A opens with a greeting and a question, B answers and adds a detail,
 A acknowledges and follows up, B answers and asks back, and so on, ending with a closing line.
+
+Explained in chapter 01 (``notebooks/01_data.ipynb``).
 """
 
 from __future__ import annotations

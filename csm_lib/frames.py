@@ -13,6 +13,8 @@ generator learns to emit when a turn is over. A conversation is its segments one
 the turn to generate is its text alone, and the model continues with audio frames.
 
 Shapes: S positions, K codebooks, F codec frames, B batch.
+
+Explained in chapter 06 (``notebooks/06_context_and_memory.ipynb``).
 """
 
 from __future__ import annotations

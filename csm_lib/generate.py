@@ -31,6 +31,8 @@ shorter than the backbone's window) is allowed, with a warning.
 
 Bad input is refused with a ``ValueError`` that says what was expected (``Generator.check_audio``
 lists what can and cannot be checked about context audio).
+
+Explained in chapter 08 (``notebooks/08_inference.ipynb``); chapter 06 builds its prompts.
 """
 
 from __future__ import annotations

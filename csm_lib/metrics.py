@@ -1,4 +1,4 @@
-"""The judges: word error rate, speaker similarity and prosody, all offline and deterministic.
+"""The judges' instruments: word error rate, speaker similarity and prosody, all offline and deterministic.
 
 * **WER** — pocketsphinx 5 with its *general* US-English acoustic model, language model
   (``en-us.lm.bin``) and dictionary, all shipped inside the PyPI wheel; scored with jiwer after
@@ -14,6 +14,9 @@
 
 ``python -m csm_lib.metrics baseline`` judges the ground-truth test audio of the corpus and
 writes ``results/judges_baseline.json``.
+
+Explained in chapter 01 (``notebooks/01_data.ipynb``); the codec's training (chapter 03) and ``judges/``
+(chapters 07, 10) build on it.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ audio decoder, which runs K-1 steps per frame, is trained on a random ``decoder_
 (1/16) of the audio frames only: the big model sees everything, the small one a sample.
 
 Shapes: B batch, S positions, K codebooks, D backbone width, Dd decoder width, V vocabularies.
+
+Explained in chapter 05 (``notebooks/05_audio_decoder.ipynb``).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Notebooks save figures (and the JSON they make) under ``figures_dir()`` and ``re
 ``make workbook`` leaves ``CSM_OUTPUT_DIR`` unset, so they refresh the committed files; the tests
 set it (the repository's ``conftest.py``), so running them leaves the clone exactly as committed.
 Committed results are always *read* from ``RESULTS``, whatever the variable says.
+
+Every chapter writes its figures and results through it.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 tqdm writes to stderr and its rates change from run to run, which a notebook test that
 compares outputs (nbval) would flag; the test command turns bars off with this variable.
+
+Every chapter's long loops report through it.
 """
 
 from __future__ import annotations

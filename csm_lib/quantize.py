@@ -20,6 +20,8 @@ How the codebook learns (as in SoundStream, EnCodec and Mimi):
   stack a usable, coarser code (bitrate scalability).
 
 Shapes: B batch, F frames, D latent dimension, K codebooks, C codebook size, N vectors.
+
+Explained in chapter 02 (``notebooks/02_rvq.ipynb``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ predicts these phones: codebook 0 must carry *what is said*, which is the proper
 claims for its semantic codes. Phone labels are speaker independent, unlike mel features.
 
 Frames are 10 ms (pocketsphinx's frame rate, equal to the codec's analysis hop at 16 kHz).
+
+Explained in chapter 03 (``notebooks/03_codec.ipynb``).
 """
 
 from __future__ import annotations

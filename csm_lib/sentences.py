@@ -20,6 +20,8 @@ case or punctuation are one sentence, and ``split_sentences`` puts each sentence
 split. ``overlap`` counts what two sets of turns share (sentences, turns, words); the corpus's
 held-out splits share no sentence with its training split, and its ``unseen`` split uses words
 that never occur in training at all.
+
+Explained in chapter 01 (``notebooks/01_data.ipynb``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ from ``p`` without ``x``, renormalised, which leaves every code distributed exac
 the codes do too.
 
 Shapes: K codebooks, V codes per codebook, d drafted frames, D backbone width.
+
+Explained in chapter 08 (``notebooks/08_inference.ipynb``).
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ with weight ``align_weight``; their heads are saved in the training state, never
 Every ``eval_every`` steps: validation losses, and with ``judge_turns > 0`` the metrics of a
 ``judge`` passed to ``train`` (``evaluate.judge_valid``: WER and SIM of generated valid turns;
 this module does not import ``evaluate``).
+
+Explained in chapter 07 (``notebooks/07_training.ipynb``).
 """
 
 from __future__ import annotations

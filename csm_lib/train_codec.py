@@ -9,6 +9,8 @@ independently of the workbook's corpus (seed 0), whose held-out *test* split jud
 codec. Each step takes random ``crop_s`` crops of turns; the loss is the multi-resolution
 mel/STFT reconstruction, the RVQ commitment, and the semantic loss (codebook 0 must predict
 the forced-aligned phones, see ``semantic.py``).
+
+Explained in chapter 03 (``notebooks/03_codec.ipynb``).
 """
 
 from __future__ import annotations

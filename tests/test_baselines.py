@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from csm_lib import checkpoint
-from csm_lib.audiolm import AudioLM, AudioLMConfig, flatten, unflatten
 from csm_lib.backbone import Transformer, TransformerConfig
-from csm_lib.token_lm import TokenLM, TokenLMConfig
-from csm_lib.train_baselines import audio_batch, build, load, loss, sizes
-from csm_lib.valle import VallE, VallEConfig
+from csm_lib.baselines.audiolm import AudioLM, AudioLMConfig, flatten, unflatten
+from csm_lib.baselines.token_lm import TokenLM, TokenLMConfig
+from csm_lib.baselines.train import audio_batch, build, load, loss, sizes
+from csm_lib.baselines.valle import VallE, VallEConfig
 
 K, V, TV = 8, 16, 12
 
@@ -136,14 +136,14 @@ def test_sizes_match_the_reference_csm():
         assert abs(n / csm - 1) < 0.05, (name, n, csm)
 
 
-# --- the latency benchmark's pieces (bench_latency.py), on tiny models ---------------------------------
+# --- the latency benchmark's pieces (bench/latency.py), on tiny models ---------------------------------
 
 
 @pytest.fixture(scope="module")
 def tiny_systems():
     import dataclasses
 
-    from csm_lib.bench_latency import speakers
+    from csm_lib.bench.latency import speakers
     from csm_lib.codec import PRESETS as CODEC_PRESETS
     from csm_lib.codec import Codec
     from csm_lib.generate import Generator, Segment
@@ -165,7 +165,7 @@ def tiny_systems():
 
 
 def test_every_system_speaks_the_same_length_and_only_csm_streams(tiny_systems):
-    from csm_lib.bench_latency import run_system
+    from csm_lib.bench.latency import run_system
 
     gen, fns, ctx = tiny_systems
     n = 6
@@ -180,7 +180,7 @@ def test_every_system_speaks_the_same_length_and_only_csm_streams(tiny_systems):
 
 
 def test_csm_keeps_the_conversation_up_to_the_users_turn(tiny_systems):
-    from csm_lib.bench_latency import run_system
+    from csm_lib.bench.latency import run_system
 
     gen, fns, ctx = tiny_systems
     kept = torch.cat(list(run_system("csm", fns["csm"], gen, "hello", 0, ctx, 5, seed=3)))
@@ -189,9 +189,9 @@ def test_csm_keeps_the_conversation_up_to_the_users_turn(tiny_systems):
 
 
 def test_cost_model_orders_the_staging():
-    from csm_lib.bench_latency import cost_before_first_sample, fit_cost
+    from csm_lib.baselines.train import configs
+    from csm_lib.bench.latency import cost_before_first_sample, fit_cost
     from csm_lib.model import PRESETS as CSM_PRESETS
-    from csm_lib.train_baselines import configs
 
     cfgs = {"csm": CSM_PRESETS["reference"], **configs(72)}
     for n in (12, 60, 250):

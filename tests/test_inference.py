@@ -174,7 +174,7 @@ def test_int8_replaces_every_linear_and_stays_close(gen):
 
 
 def test_frame_cost_of_the_reference_model():
-    from csm_lib.bench_inference import frame_cost
+    from csm_lib.bench.inference import frame_cost
 
     ref = frame_cost(PRESETS["reference"], context=100)
     assert 15 < ref["MFLOP"] < 20  # ~18 MFLOP per frame, mostly matvecs: 2 x the weights read

@@ -4,8 +4,8 @@ conversations, not samples."""
 
 import pytest
 
-from csm_lib import pronunciation as P
 from csm_lib import text
+from csm_lib.judges import pronunciation as P
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 
 from csm_lib import audio as A
 from csm_lib import data
-from csm_lib.quality import SCORES, calibrate, features, separated, style_distance, summarize, turn_scores
+from csm_lib.judges.quality import SCORES, calibrate, features, separated, style_distance, summarize, turn_scores
 
 LINES = ["the weather has been lovely all week", "we should walk along the river after lunch",
          "i left my umbrella at the station", "could you bring the blue folder tomorrow",
@@ -83,7 +83,7 @@ def _summary(level: float, width: float = 0.02) -> dict:
 
 
 def test_verdicts_follow_the_intervals():
-    from csm_lib.bench_quality import seed_layout, verdicts
+    from csm_lib.bench.quality import seed_layout, verdicts
 
     csm = _summary(0.9, 0.05)  # the seed's 0.88, 0.91, 0.85 (!), 0.89, 0.92 all inside [0.85, 0.95]...
     csm |= {"character_consistency": 0.97, "character_consistency_ci95": [0.95, 0.99],  # ...but above 0.88

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from csm_lib.checkpoint import fingerprint
-from csm_lib.quality import SEED_SCORES
+from csm_lib.judges.quality import SEED_SCORES
 from csm_lib.train import total_seconds
 
 ROOT = Path(__file__).resolve().parent.parent

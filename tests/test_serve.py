@@ -1,4 +1,4 @@
-"""The HTTP server (csm_lib/serve.py), tested against a real one: uvicorn in a subprocess on 127.0.0.1.
+"""The HTTP server (csm_lib/serve/), tested against a real one: uvicorn in a subprocess on 127.0.0.1.
 
 One server for the module (2 worker processes, small limits so that the limits can be hit); every
 test talks to it over HTTP as a client would.
@@ -18,7 +18,8 @@ import soundfile as sf
 import torch
 
 from csm_lib import metrics
-from csm_lib.serve import Server, encode_wav
+from csm_lib.serve.app import Server
+from csm_lib.serve.wav import encode_wav
 
 LIMITS = dict(workers=2, max_streams=3, max_conversations=3, max_audio_length_ms=8000, max_text_chars=200,
               max_body_bytes=2_000_000, max_context_audio_s=20, request_timeout_s=60)

@@ -154,7 +154,7 @@ def test_read_log_skips_a_torn_line(tmp_path):
 
 def test_evaluate_runs_end_to_end_on_a_trained_tiny_model(tmp_path):
     """The reference-model evaluation on a (barely) trained tiny model: structure and ground truth."""
-    from csm_lib.evaluate import evaluate, held_out_targets, probe
+    from csm_lib.judges.evaluate import evaluate, held_out_targets, probe
 
     run(tmp_path / "m", "--steps=2", "--ckpt_every=100")
     assert (tmp_path / "m" / "model.tokenizer.json").exists()
@@ -199,7 +199,7 @@ def test_make_model_continues_from_a_committed_model_and_reads_phones(tmp_path):
     """`make model`'s resumable recipe: a run stopped by --minutes, committed, continued after runs/ is gone."""
     import shutil
 
-    from csm_lib.evaluate import evaluate, sweep_temperature
+    from csm_lib.judges.evaluate import evaluate, sweep_temperature
     from csm_lib.train import resolve_start
 
     recipe = ["--steps=5", "--ckpt_every=100", "--text_input=phones"]
@@ -256,7 +256,7 @@ def test_total_seconds_adds_up_the_sittings_of_a_resumed_run():
 
 def test_stage_losses_reads_the_loss_training_reports(windows):
     """``evaluate.c0_loss`` (make model's stages compared on the same windows) is training's own codebook-0 loss."""
-    from csm_lib.evaluate import c0_loss
+    from csm_lib.judges.evaluate import c0_loss
     from csm_lib.model import CSM
     from csm_lib.train import evaluate
 

@@ -31,6 +31,8 @@ duration ratio to ground truth. Every summary carries a bootstrap 95% interval o
 
 Shapes: audio ``(T,)`` float at ``sr``; an embedding ``(256,)``; a style vector ``(3,)`` (log F0
 level, log F0 range, log syllable rate).
+
+Explained in chapter 10 (``notebooks/10_quality_table.ipynb``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import torch
 
 from csm_lib import audio as A
 from csm_lib import data, metrics
-from csm_lib.evaluate import held_out_targets, style_vector
+from csm_lib.judges.evaluate import held_out_targets, style_vector
 from csm_lib.progress import progress
 
 SCORES = ("character_consistency", "emotional_coherence", "prosodic_naturalness", "turn_taking_fluency",
@@ -70,6 +72,7 @@ DEFINITIONS = {
 }
 PN_FEATURES = ("voiced_share", "f0_jump_st", "f0_rel_range", "rate", "longest_pause_s")
 N_DECOYS = 5  # other conversations of the same voice, for emotional coherence
+SAMPLING = {"temperature": 0.9, "topk": 50}  # every system of the quality table, and the pronunciation checks
 SR = metrics.JUDGE_SR
 
 
@@ -435,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = data.build(data.corpus_of(meta["train"]))
     codec, _ = load_codec(REFERENCE_CODEC)
     result = validate(folder, codec, a.turns, a.calibration_turns, a.seed)
-    result["provenance"] = provenance("csm_lib.quality", "cpu")
+    result["provenance"] = provenance("csm_lib.judges.quality", "cpu")
     write_json(result, a.out)
     print(json.dumps(_jsonable({k: result[k] for k in ("checks", "summaries")}), indent=1)[:6000])
 

@@ -2,7 +2,7 @@
 
     make bench-serve    # python -m csm_lib.bench serve -> results/serving.json (about 5 minutes)
 
-The server (``serve.py``) runs in its own processes, exactly as ``make serve`` starts it; the
+The server (``csm_lib/serve/``) runs in its own processes, exactly as ``make serve`` starts it; the
 clients are threads of this process, each sending its requests one after another and reading the
 streamed WAV as it comes. Per request, from the moment it is sent:
 
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from csm_lib import metrics
-from csm_lib.serve import Server
+from csm_lib.serve.app import Server
 
 LEVELS = (1, 4, 8)  # concurrent streaming clients
 
@@ -159,7 +159,7 @@ def bench_serve(threads: int = 1, repeats: int = 8, memory_requests: int = 500,
     from csm_lib.checkpoint import model_record
     from csm_lib.generate import REFERENCE_MODEL
 
-    out: dict = {"what": "the HTTP server (csm_lib/serve.py) on this machine: streaming clients at 1, 4, 8 "
+    out: dict = {"what": "the HTTP server (csm_lib/serve/) on this machine: streaming clients at 1, 4, 8 "
                          "concurrent; memory over many requests; codec chunk cost; workers vs threads",
                  "texts": "held-out WordNet test sentences (reference split, seed 3), 20-90 characters",
                  "sampling": {"temperature": 0.9, "topk": 50, "seed": "one per request",

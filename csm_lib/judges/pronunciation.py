@@ -27,6 +27,8 @@ pronunciation on the better path is the one heard. It is validated on flite audi
 pronunciation is known (the word respelled to force each one): ``validate``.
 
 Shapes: audio ``(T,)`` float at ``sr``.
+
+Explained in chapter 10 (``notebooks/10_quality_table.ipynb``).
 """
 
 from __future__ import annotations
@@ -226,9 +228,9 @@ def flite(text: str, speaker: int) -> tuple[torch.Tensor, int]:
 
 def csm_turn(gen, it: Item, seed: int, context_audio: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The turn of ``it`` spoken by the CSM of ``gen`` (a ``Generator``) after the item's earlier turns (flite,
-    or ``context_audio[what flite says]``), sampled as in the quality table (``bench_quality.SAMPLING``)."""
-    from csm_lib.bench_quality import SAMPLING
+    or ``context_audio[what flite says]``), sampled as in the quality table (``quality.SAMPLING``)."""
     from csm_lib.generate import Segment
+    from csm_lib.judges.quality import SAMPLING
 
     audio = context_audio or {}
     ctx = [Segment(s, text, audio[said] if said in audio else flite(said, s)[0]) for s, text, said in it.context]
@@ -341,7 +343,7 @@ def in_training(its: list[Item]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     from csm_lib.checkpoint import model_record, provenance
     from csm_lib.generate import REFERENCE_MODEL
-    from csm_lib.quality import write_json
+    from csm_lib.judges.quality import write_json
 
     p = argparse.ArgumentParser(description="homographs and pronunciation continuation -> results/pronunciation.json")
     p.add_argument("--systems", default="flite,flite_continuing,csm")
@@ -351,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     result = run(tuple(a.systems.split(",")))
     result["held_out"] = in_training(items())
     result["measured_with"] = model_record(REFERENCE_MODEL)
-    result["provenance"] = provenance("csm_lib.pronunciation", "cpu")
+    result["provenance"] = provenance("csm_lib.judges.pronunciation", "cpu")
     write_json(result, a.out)
     for name, s in result["systems"].items():
         print(name, {c: (s[c]["score"], s[c]["ci95"], s[c]["n"]) for c in ("homograph", "continuation")})

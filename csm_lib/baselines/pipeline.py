@@ -10,6 +10,8 @@ Our TTS is the reference CSM itself, given no context turns: same weights, same 
 (it cannot hear how the conversation sounded, which is what chapter 10's quality table prices).
 
 Staging: N sequential frames (each one backbone step and K-1 decoder steps), then one decode.
+
+Explained in chapter 09 (``notebooks/09_latency_table.ipynb``).
 """
 
 from __future__ import annotations

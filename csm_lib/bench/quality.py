@@ -35,15 +35,16 @@ import soundfile as sf
 import torch
 
 from csm_lib import audio as A
-from csm_lib import data, metrics, quality
+from csm_lib import data, metrics
 from csm_lib.generate import REFERENCE_CODEC, REFERENCE_MODEL, Generator, Segment, load_generator
+from csm_lib.judges import quality
+from csm_lib.judges.quality import SAMPLING
 from csm_lib.outputs import REPO, RESULTS
 from csm_lib.progress import progress
 
 SYSTEMS = ("ground_truth", "csm", "csm_no_context", "csm_plain", "csm_memory", "csm_cross_modal",
            "pipeline", "valle", "audiolm")
 SEEDS = (0, 1)
-SAMPLING = {"temperature": 0.9, "topk": 50}
 CACHE = REPO / "data" / "quality_cache"
 SAMPLES = RESULTS / "quality_samples"
 RANK_BY = {  # column -> the per-turn value that orders its samples from worst to best
@@ -72,7 +73,7 @@ def csm_speaker(gen: Generator, with_context: bool = True) -> Speaker:
 
 
 def baseline_speaker(name: str, gen: Generator, models: dict) -> Speaker:
-    from csm_lib.bench_latency import speakers
+    from csm_lib.bench.latency import speakers
 
     fn = speakers(gen, models)[name]
 
@@ -92,8 +93,8 @@ def make_speaker(name: str) -> Speaker | None:
     if name.startswith("csm_"):
         path = REPO / "checkpoints" / f"{name}.safetensors"
         return csm_speaker(load_generator(path, REFERENCE_CODEC)) if path.exists() else None
-    from csm_lib.bench_latency import CHECKPOINTS
-    from csm_lib.train_baselines import load
+    from csm_lib.baselines.train import load
+    from csm_lib.bench.latency import CHECKPOINTS
 
     if not all(CHECKPOINTS[k].exists() for k in ("valle", "audiolm", "textlm")):
         return None
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(2)
     result = table(a.turns, a.calibration_turns, tuple(a.systems.split(",")), SEEDS, Path(a.cache), Path(a.samples))
     result["measured_with"] = model_record(REFERENCE_MODEL)  # the CSM rows' model
-    result["provenance"] = provenance("csm_lib.bench_quality", "cpu")
+    result["provenance"] = provenance("csm_lib.bench.quality", "cpu")
     quality.write_json(result, a.out)
     print(json.dumps({k: {c: v["summary"][c] for c in (*quality.SCORES, "wer", "sim")}
                       for k, v in result["systems"].items()}, indent=1))

@@ -11,15 +11,19 @@ otherwise, at the thread count recorded in the file. Sections:
 * ``context``: per-frame time against the number of positions already in the cache;
 * ``attention``: one position's attention and a prefill's, plain math against each SDPA backend;
 * ``compile``: ``torch.compile`` of the fast path: its warm-up and what it saves per frame;
-* ``first_audio``: time to first audio (call -> first sample out of the streaming decoder) with
-  0, 2 and 8 context turns of flite speech, stateless and with a kept ``Conversation``, against
-  the chunk size; streaming real-time factor; the second turn of a conversation both ways;
+* ``first_audio``, ``second_turn``, ``first_audio_floor`` (``streaming.py``): time to first audio
+  (call -> first sample out of the streaming decoder) with 0, 2 and 8 context turns of flite speech,
+  stateless and with a kept ``Conversation``, against the chunk size; streaming real-time factor;
+  the second turn of a conversation both ways; the floor of the first audio on this CPU;
 * ``int8``: PyTorch's dynamic INT8 linear layers, per-frame time at the reference size and at
   ``paper_422m`` size (random weights), and the WER change on held-out turns at the reference;
 * ``speculative``: n-gram ("prompt lookup") speculative decoding of whole frames, its acceptance
   rate and speed-up, greedy and sampled;
 * ``frame_cost``: FLOPs and bytes of one frame from the configuration, and what they predict
   for GPUs (``frame_cost`` in this module; the figures assumed are in the file).
+
+The reply and the flite conversation every section speaks (``REPLY``, ``flite_context``) are in
+``common.py``, shared with chapter 09.
 """
 
 from __future__ import annotations
@@ -33,40 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from csm_lib import frames as Fr
-from csm_lib.bench import median_ms, threads_set
-from csm_lib.codec import StreamingDecoder
-from csm_lib.generate import Conversation, Generator, Segment, as_heard, load_generator
+from csm_lib.bench.common import DEVICES, LAUNCH_US, REPLY, flite_context, layer_weights, ms, threads_set
+from csm_lib.bench.streaming import first_audio_floor, gemm_peak_gflops, second_turn, time_to_first_audio
+from csm_lib.generate import Generator, load_generator
 from csm_lib.inference import FastCSM, LayerCache, int8, plain_frames
 from csm_lib.model import CSM, PRESETS, CSMConfig
 from csm_lib.progress import progress
 from csm_lib.speculative import speculative_frames
-
-# a reply and a conversation to give it: everyday sentences, spoken by flite (speaker 0: awb, 1: slt)
-REPLY = "I think we should leave before the rain starts, because the road gets muddy after dark."
-TURNS = [
-    "Did you see the weather report for tonight?",
-    "Yes, they said it would rain from about six.",
-    "We still have to pack the car and feed the dog.",
-    "I can do the dog if you start on the bags.",
-    "Fine, but the blue bag has a broken zip.",
-    "Then take the old one from the cupboard upstairs.",
-    "Where did you put the keys to the cabin?",
-    "They are on the hook by the kitchen door.",
-]
-VOICES = ("awb", "slt")
-
-
-def ms(times: list[float]) -> float:
-    """``bench.median_ms``, rounded to microseconds for the JSON."""
-    return round(median_ms(times), 3)
-
-
-def flite_context(n_turns: int) -> list[Segment]:
-    """The first ``n_turns`` of ``TURNS`` spoken by flite, alternating speakers 0 and 1."""
-    from csm_lib.data import synthesize
-
-    return [Segment(i % 2, text, synthesize(text, VOICES[i % 2])[0]) for i, text in enumerate(TURNS[:n_turns])]
-
 
 # ----------------------------------------------------------------------------- against transformers
 
@@ -278,157 +255,6 @@ def compile_fast(gen: Generator, n_frames: int = 40, repeats: int = 5) -> tuple[
                                        / statistics.median(times["compiled_sampled"]), 3)}, compiled
 
 
-# ----------------------------------------------------------------------------- time to first audio
-
-
-def first_audio(stream) -> tuple[float, float, int]:
-    """Consume an audio stream: seconds to its first chunk, to its end, and its samples."""
-    t0 = time.perf_counter()
-    first, n = None, 0
-    for chunk in stream:
-        if first is None and chunk.numel():
-            first = time.perf_counter() - t0
-        n += chunk.numel()
-    return first, time.perf_counter() - t0, n
-
-
-def conversation_with(gen: Generator, context: list[Segment]) -> Conversation:
-    conv = Conversation(gen)
-    for seg in context:
-        conv.add(seg)
-    return conv
-
-
-def frame_decoding(gen: Generator) -> str:
-    """How ``gen`` makes its frames, for the record."""
-    if not gen.fast.compiled_frame:
-        return "eager"
-    return "compiled (Generator.compile)" if gen.codec.stream_features else "frames compiled, codec eager"
-
-
-def heard(stream, sr: int) -> tuple[float, float, int, int]:
-    """Consume an audio stream as a listener meets it (``generate.as_heard``): seconds to its first chunk,
-    to its last, its samples, and its stalls (a chunk not there when the audio before it has played)."""
-    _, h = as_heard(stream, sr)
-    return h["first_audio_ms"] / 1000, h["last_audio_ms"] / 1000, round(h["audio_s"] * sr), h["stalls"]
-
-
-def time_to_first_audio(gen: Generator, contexts=(0, 2, 8), chunks=(1, 2, 5, 10, 20), growing=(4, 16),
-                        repeats: int = 5, max_ms: float = 8000) -> dict:
-    """TTFA and RTF for the reply after 0/2/8 flite turns: stateless (``Generator.stream``: the context is
-    encoded and prefilled in the call) and kept (``Conversation.stream``: it was added before). Sampled,
-    temperature 0.9, seed 0: the same reply every time. Fixed chunk sizes with 2 turns; chunks that grow
-    from one frame up to each of ``growing`` (``generate.chunk_sizes``) with every context."""
-    ctx = {n: flite_context(n) for n in contexts}
-    settings = ([(n, 1, 1) for n in contexts] + [(2, c, c) for c in chunks if c != 1]
-                + [(n, g, 1) for n in contexts for g in growing])
-    kw = dict(max_audio_length_ms=max_ms, temperature=0.9, topk=50, seed=0)
-    runs = {(n, c, first, kept): [] for n, c, first in settings for kept in (False, True)}
-    sr = gen.sample_rate
-    for _ in progress(range(repeats), desc="first audio"):
-        for n, c, first in settings:
-            chunking = dict(chunk_frames=c, first_chunk_frames=first)
-            runs[n, c, first, False].append(heard(gen.stream(REPLY, n % 2, ctx[n], **chunking, **kw), sr))
-            conv = conversation_with(gen, ctx[n])  # not timed: the conversation already happened
-            runs[n, c, first, True].append(heard(conv.stream(REPLY, n % 2, **chunking, **kw), sr))
-    rows = []
-    for (n, c, first, kept), rs in runs.items():
-        firsts, total, samples, stalls = zip(*rs, strict=True)
-        audio_s = samples[0] / sr
-        ctx_s = sum(len(s.audio) for s in ctx[n]) / sr
-        rows.append({"context_turns": n, "context_audio_s": round(ctx_s, 2),
-                     "chunk_frames": c, "first_chunk_frames": first, "state": "kept" if kept else "stateless",
-                     "first_audio_ms": ms(list(firsts)), "total_ms": ms(list(total)),
-                     "audio_s": round(audio_s, 2), "rtf": round(statistics.median(total) / audio_s, 4),
-                     "stalls_max": max(stalls)})
-    return {"rows": rows, "reply": REPLY, "settings": kw, "repeats": repeats,
-            "frame_decoding": frame_decoding(gen)}
-
-
-def second_turn(gen: Generator, repeats: int = 5, max_ms: float = 8000) -> dict:
-    """The turn after a generated reply (2 flite turns, then the reply): kept state against two stateless
-    calls, one given the reply as its codes (same codes as kept) and one given it as audio, as Sesame's
-    ``generate(text, speaker, context)`` gets it (the codec encodes it again: other codes)."""
-    ctx = flite_context(2)
-    kw = dict(max_audio_length_ms=max_ms, temperature=0.9, topk=50)
-    conv = conversation_with(gen, ctx)
-    reply = torch.cat(list(conv.frames(REPLY, 0, seed=0, **kw))).T  # (K, F): the first turn, generated
-    as_codes = [*ctx, Segment(0, REPLY, codes=reply)]
-    as_audio = [*ctx, Segment(0, REPLY, audio=gen.decode(list(reply.T[:, None])))]
-    nxt = "That is fine with me, I will get the car."
-    kept_codes = torch.cat(list(conversation_with(gen, as_codes).frames(nxt, 1, seed=1, **kw)))
-    same = torch.equal(kept_codes, torch.cat(list(gen.frames(nxt, 1, as_codes, seed=1, **kw))))
-    times = {"stateless": [], "stateless_audio": [], "kept": []}
-    for _ in range(repeats):
-        times["stateless"].append(first_audio(gen.stream(nxt, 1, as_codes, seed=1, **kw))[0])
-        times["stateless_audio"].append(first_audio(gen.stream(nxt, 1, as_audio, seed=1, **kw))[0])
-        conv = conversation_with(gen, as_codes)
-        times["kept"].append(first_audio(conv.stream(nxt, 1, seed=1, **kw))[0])
-    s, a, k = ms(times["stateless"]), ms(times["stateless_audio"]), ms(times["kept"])
-    return {"context": "2 flite turns + the generated reply (as codes)", "positions": conv.positions,
-            "stateless_first_audio_ms": s, "kept_first_audio_ms": k, "kept_vs_stateless_x": round(s / k, 2),
-            "codes_identical": bool(same),
-            "stateless_from_audio_first_audio_ms": a, "kept_vs_stateless_from_audio_x": round(a / k, 2),
-            "frame_decoding": frame_decoding(gen)}
-
-
-def gemm_peak_gflops(threads: int, repeats: int = 20) -> float:
-    """The best fp32 matmul rate on this CPU at ``threads``: the largest of a few square-ish GEMMs
-    (medians of ``repeats``), an upper bound on what any layer here can reach."""
-    best = 0.0
-    with threads_set(threads):
-        for m, k, n in ((512, 768, 768), (1024, 1024, 1024), (2048, 256, 1536)):
-            a, b = torch.randn(m, k), torch.randn(k, n)
-            for _ in range(3):
-                a @ b
-            t = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                a @ b
-                t.append(time.perf_counter() - t0)
-            best = max(best, 2 * m * k * n / statistics.median(t) / 1e9)
-    return round(best, 1)
-
-
-def flops(fn) -> int:
-    """Floating-point operations of ``fn()`` as PyTorch counts them (matmuls, convolutions, attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        fn()
-    return counter.get_total_flops()
-
-
-def first_audio_floor(gen: Generator, peak_gflops: float, n_turns: int = 2) -> dict:
-    """A lower bound on time to first audio: the FLOPs the first sample needs (encode the context,
-    prefill the prompt, one frame, one frame through the streaming decoder), at ``peak_gflops``.
-
-    No kernel here runs faster than the best matmul rate, so no implementation on this CPU in fp32
-    starts sooner than this; a kept conversation skips the first two parts but for its new text."""
-    ctx = flite_context(n_turns)
-    K = gen.model.cfg.n_codebooks
-    codes = torch.zeros(1, K, dtype=torch.long)
-    parts: dict[str, int] = {}
-    parts["encode context"] = flops(lambda: [gen.segment_frames(s) for s in ctx])
-    frames, mask = gen.prompt(REPLY, n_turns % 2, ctx, 100)
-    cache = gen.fast.new_cache(1, frames.shape[1] + 1)
-    parts["prefill context"] = flops(lambda: gen.fast.prefill(frames, mask, cache))
-    text, tmask = (t[None] for t in gen.text_frames(REPLY, n_turns % 2))
-    new_text = "prefill new text (kept: only this)"
-    parts[new_text] = flops(lambda: gen.fast.prefill(text, tmask, gen.fast.new_cache(1, text.shape[1])))
-    parts["prefill context"] -= parts[new_text]
-    h = torch.zeros(1, gen.model.cfg.backbone.dim)
-    parts["first frame"] = flops(lambda: gen.fast.decode_frame(h, 0.0, 1, None, None))
-    parts["decode it"] = flops(lambda: StreamingDecoder(gen.codec).push(codes[..., None]))
-    mflop = {k: round(v / 1e6, 1) for k, v in parts.items()}
-    stateless = sum(parts.values())
-    kept = stateless - parts["encode context"] - parts["prefill context"]
-    return {"context_turns": n_turns, "prompt_positions": frames.shape[1], "MFLOP": mflop,
-            "peak_gflops": peak_gflops,
-            "stateless_floor_ms": round(stateless / peak_gflops / 1e6, 1),
-            "kept_floor_ms": round(kept / peak_gflops / 1e6, 1)}
-
-
 # ----------------------------------------------------------------------------- INT8
 
 
@@ -464,8 +290,8 @@ def int8_speed(model: CSM, n_frames: int, repeats: int) -> dict:
 
 def int8_quality(model_path, turns: int) -> dict:
     """WER/SIM of fp32 and INT8 on the same held-out turns (with context, same seeds)."""
-    from csm_lib.evaluate import evaluate_model, model_tokenizer, trained_with
     from csm_lib.generate import load_model
+    from csm_lib.judges.evaluate import evaluate_model, model_tokenizer, trained_with
 
     model, meta = load_model(model_path)
     t = trained_with(meta)
@@ -516,20 +342,7 @@ def bench_speculative(gen: Generator, repeats: int = 3, max_ms: float = 8000, dr
 
 
 # ----------------------------------------------------------------------------- a cost model of one frame
-
-# figures assumed for the prediction (vendor specifications): memory bandwidth and dense peak, and
-# the time one kernel launch costs (eager PyTorch on a GPU: ~5 us per op; CUDA graphs: ~1 us)
-DEVICES = {
-    "RTX 4090 (consumer GPU)": {"bandwidth_GBps": 1008, "fp32_TFLOPs": 82.6, "bf16_TFLOPs": 165},
-    "H200": {"bandwidth_GBps": 4800, "fp32_TFLOPs": 67, "bf16_TFLOPs": 989},
-}
-LAUNCH_US = {"eager": 5.0, "cuda_graphs": 1.0}
-
-
-def layer_weights(t) -> int:
-    """Weights of one transformer layer of config ``t``: attention, then the SwiGLU MLP."""
-    attention = t.dim * (t.n_heads + 2 * t.n_kv_heads) * t.head_dim + t.n_heads * t.head_dim * t.dim
-    return attention + 3 * t.dim * t.hidden_dim
+# (the figures it assumes for each device: ``common.DEVICES``, ``common.LAUNCH_US``)
 
 
 def frame_cost(cfg: CSMConfig, context: int, bytes_per_weight: int = 4) -> dict:
@@ -621,4 +434,3 @@ def bench_inference(threads: int = 2, repeats: int = 5, quality_turns: int = 20)
             print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
     record["cost_model"] = cost_model(record["vs_transformers"]["fast"]["marginal_per_frame_ms"])
     return record
-

@@ -17,6 +17,8 @@ come first. (Our variant reads no acoustic prompt: it conditions on the text and
 ``[speaker]`` prefix only, as the other systems of the table do.)
 
 Shapes: B batch, P text positions, N frames, K codebooks, V codes per codebook, D width.
+
+Explained in chapter 09 (``notebooks/09_latency_table.ipynb``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from csm_lib.backbone import Transformer, TransformerConfig
+from csm_lib.baselines.token_lm import TokenLM, TokenLMConfig
 from csm_lib.model import sample_topk
-from csm_lib.token_lm import TokenLM, TokenLMConfig
 
 
 @dataclass

@@ -4,9 +4,9 @@ Four systems of the seed's table, each at the reference CSM's parameter count, o
 the same text front end (flite's phones), the same machine and the same run, batch 1, sampled
 (temperature 0.9, top-k 50):
 
-* ``pipeline`` (``pipeline.py``): the reference CSM without context, every frame, then one decode;
-* ``audiolm`` (``audiolm.py``): semantic -> coarse -> fine, each stage over the whole utterance;
-* ``valle`` (``valle.py``): codebook 0 autoregressively, then K-1 non-autoregressive passes;
+* ``pipeline`` (``baselines/pipeline.py``): the reference CSM without context, every frame, then one decode;
+* ``audiolm`` (``baselines/audiolm.py``): semantic -> coarse -> fine, each stage over the whole utterance;
+* ``valle`` (``baselines/valle.py``): codebook 0 autoregressively, then K-1 non-autoregressive passes;
 * ``csm``: the reference CSM streaming frame by frame through the codec's causal decoder, the
   conversation kept (chapter 08: ``Conversation``); ``csm_stateless`` re-encodes the context instead.
 
@@ -33,15 +33,15 @@ import numpy as np
 import torch
 
 from csm_lib import audio as A
-from csm_lib import data, metrics, pipeline
+from csm_lib import data, metrics
 from csm_lib import text as Tx
-from csm_lib.bench import threads_set
-from csm_lib.bench_inference import DEVICES, LAUNCH_US, conversation_with, first_audio, layer_weights
-from csm_lib.evaluate import corpus_folder, held_out_targets, trained_with
+from csm_lib.baselines import pipeline
+from csm_lib.baselines.train import load, load_text_lm, reply_prefix
+from csm_lib.bench.common import DEVICES, LAUNCH_US, conversation_with, first_audio, layer_weights, threads_set
 from csm_lib.generate import REFERENCE_MODEL, Generator, Segment, load_generator, load_model
+from csm_lib.judges.evaluate import corpus_folder, held_out_targets, trained_with
 from csm_lib.outputs import REPO
 from csm_lib.progress import progress
-from csm_lib.train_baselines import load, load_text_lm, reply_prefix
 
 CHECKPOINTS = {name: REPO / "checkpoints" / f"{name}_reference.safetensors" for name in ("valle", "audiolm", "textlm")}
 SYSTEMS = ("pipeline", "audiolm", "valle", "csm")  # the seed's rows, in its order

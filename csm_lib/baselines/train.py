@@ -1,8 +1,8 @@
 """Train the latency table's other systems on the reference CSM's own data (chapter 09).
 
-    python -m csm_lib.train_baselines --system=valle --minutes=15     # -> runs/valle/model.safetensors
-    python -m csm_lib.train_baselines --system=audiolm --minutes=15
-    python -m csm_lib.train_baselines --system=textlm --minutes=4     # the full-turn column's reply writer
+    python -m csm_lib.baselines.train --system=valle --minutes=15     # -> runs/valle/model.safetensors
+    python -m csm_lib.baselines.train --system=audiolm --minutes=15
+    python -m csm_lib.baselines.train --system=textlm --minutes=4     # the full-turn column's reply writer
 
 * **Same data**: the corpus, codec, text input (phones) and splits recorded in the reference CSM's
   sidecar (``train.load_data`` with its recipe), taken turn by turn: the turn's text ids ``(P,)``
@@ -28,14 +28,14 @@ from pathlib import Path
 import torch
 
 from csm_lib import checkpoint
-from csm_lib.audiolm import COARSE, FINE, AudioLM, AudioLMConfig
 from csm_lib.backbone import TransformerConfig
+from csm_lib.baselines.audiolm import COARSE, FINE, AudioLM, AudioLMConfig
+from csm_lib.baselines.token_lm import TokenLM, TokenLMConfig
+from csm_lib.baselines.valle import VallE, VallEConfig
 from csm_lib.progress import progress
 from csm_lib.text import TextTokenizer, load_tokenizer
-from csm_lib.token_lm import TokenLM, TokenLMConfig
 from csm_lib.train import RECIPE_FIELDS, TrainConfig, load_data, load_state, save_state
 from csm_lib.train_codec import lr_at, parse_overrides
-from csm_lib.valle import VallE, VallEConfig
 
 SYSTEMS = ("valle", "audiolm", "textlm")
 REFERENCE = "checkpoints/csm_reference.safetensors"
@@ -217,7 +217,7 @@ def train(cfg: BaselineConfig) -> Path:
                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     start = load_state(out, model, opt) if (out / "latest").exists() else 0
     meta = {"kind": cfg.system, "config": asdict(mcfg), "train": asdict(cfg), "data": info,
-            "provenance": checkpoint.provenance("csm_lib.train_baselines", "cpu")}
+            "provenance": checkpoint.provenance("csm_lib.baselines.train", "cpu")}
     previous = json.loads((out / "progress.json").read_text()) if start and (out / "progress.json").exists() else {}
     wall0, evals = previous.get("wall_time_s", 0.0), previous.get("evals", [])
 

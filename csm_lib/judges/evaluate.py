@@ -21,17 +21,19 @@ turns that ended by themselves (the end-of-speech frame before ``max_audio_lengt
 median duration ratio generated / ground truth; the result records how much the judged turns
 share with the training split (``sentences.overlap``).
 
-``python -m csm_lib.evaluate MODEL.safetensors [--turns=N] [--unseen_turns=N] [--temperature=T]`` writes
-``results/reference_model.json``; ``python -m csm_lib.evaluate sweep MODEL OUT.json`` chooses that
+``python -m csm_lib.judges.evaluate MODEL.safetensors [--turns=N] [--unseen_turns=N] [--temperature=T]`` writes
+``results/reference_model.json``; ``python -m csm_lib.judges.evaluate sweep MODEL OUT.json`` chooses that
 temperature on validation turns (``sweep_temperature``).
 
-``python -m csm_lib.evaluate losses OUT.json MODEL... --hours=20,40`` compares models (the stages of
+``python -m csm_lib.judges.evaluate losses OUT.json MODEL... --hours=20,40`` compares models (the stages of
 ``make model``) by codebook-0 loss on the same windows of each corpus (``stage_losses``).
 
 ``judge_valid`` is the same judging, on a few validation turns, for ``train.train(cfg, judge=...)``
 (training reports it when ``judge_turns > 0``); ``probe`` asks whether a model reads its text.
 This module and ``train`` do not import each other: what both need (loading checkpoints) lives
 in ``generate``, the corpus windows in ``dataset``.
+
+Explained in chapter 07 (``notebooks/07_training.ipynb``).
 """
 
 from __future__ import annotations
@@ -228,7 +230,7 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
             **({"layouts": {name: summary(f"layout_{name}") for name in layouts}} if layouts else {}),
             "style_spread_log": None if spread is None else [round(float(s), 4) for s in spread],
             "wall_time_s": round(time.perf_counter() - t0, 1),
-            "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
+            "provenance": checkpoint.provenance("csm_lib.judges.evaluate", "cpu")}
 
 
 def judge_valid(model: CSM, t: dict) -> dict:
@@ -298,7 +300,7 @@ def stage_losses(model_paths: list[str | Path], hours: list[float], n_windows: i
     """Each model's codebook-0 loss on the first ``n_windows`` training and validation windows of each corpus of its
     seed and ``hours`` (the models' own corpora hold out the same sentences): training's own evaluation
     reads only 32 windows of the corpus it trains on, too few and not the same across stages."""
-    out = {"windows": n_windows, "models": {}, "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
+    out = {"windows": n_windows, "models": {}, "provenance": checkpoint.provenance("csm_lib.judges.evaluate", "cpu")}
     for path in model_paths:
         model, meta = load_model(path)
         tok, losses = model_tokenizer(path), {}
@@ -321,13 +323,13 @@ def probe(path: str | Path, n_windows: int = 40) -> dict:
             "train": loss_by_turn_position(model, train_w, idx),
             "train_text_scrambled": loss_by_turn_position(model, train_w, idx, scramble_text=True),
             "valid": loss_by_turn_position(model, valid_w, idx),
-            "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
+            "provenance": checkpoint.provenance("csm_lib.judges.evaluate", "cpu")}
 
 
 def compare_text_inputs(model_paths: list[str | Path], turns: int = 24, unseen_turns: int = 24) -> dict:
     """Chapter 07's comparison: models trained alike but reading different text (bpe, chars, phones),
     judged with context on the same held-out and unseen-word turns, with their validation curves."""
-    out = {"models": {}, "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
+    out = {"models": {}, "provenance": checkpoint.provenance("csm_lib.judges.evaluate", "cpu")}
     for path in model_paths:
         model, meta = load_model(path)
         t, tok = trained_with(meta), model_tokenizer(path)
@@ -367,12 +369,12 @@ def sweep_temperature(path: str | Path, temperatures: tuple[float, ...] = (0.3, 
             "turns": judged["turns"], "topk": topk, "overlap_with_train": judged["overlap_with_train"],
             "ground_truth": {k: judged["ground_truth"][k] for k in ("wer", "wer_ci95", "sim")},
             "temperatures": rows, "chosen": float(min(ending, key=lambda k: rows[k]["wer"])),
-            "provenance": checkpoint.provenance("csm_lib.evaluate", "cpu")}
+            "provenance": checkpoint.provenance("csm_lib.judges.evaluate", "cpu")}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["compare"]:  # python -m csm_lib.evaluate compare OUT.json MODEL... [--turns=N]
+    if argv[:1] == ["compare"]:  # python -m csm_lib.judges.evaluate compare OUT.json MODEL... [--turns=N]
         opts = dict(a[2:].split("=", 1) for a in argv[2:] if a.startswith("--"))
         n = int(opts.get("turns", 24))
         result = compare_text_inputs([a for a in argv[2:] if not a.startswith("--")], n, n)
@@ -380,27 +382,27 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({k: {s: m[s]["with_context"]["wer"] for s in ("test", "unseen")}
                           for k, m in result["models"].items()}, indent=2))
         return
-    if argv[:1] == ["sweep"]:  # python -m csm_lib.evaluate sweep MODEL OUT.json [--turns=N]
+    if argv[:1] == ["sweep"]:  # python -m csm_lib.judges.evaluate sweep MODEL OUT.json [--turns=N]
         opts = dict(a[2:].split("=", 1) for a in argv[3:] if a.startswith("--"))
         result = sweep_temperature(argv[1], turns=int(opts.get("turns", 30)))
         checkpoint.atomic_write(Path(argv[2]), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
         print(json.dumps({k: (r["wer"], r["ended_by_eos"]) for k, r in result["temperatures"].items()}),
               "chosen", result["chosen"])
         return
-    if argv[:1] == ["losses"]:  # python -m csm_lib.evaluate losses OUT.json MODEL... --hours=H1,H2 [--windows=N]
+    if argv[:1] == ["losses"]:  # python -m csm_lib.judges.evaluate losses OUT.json MODEL... --hours=H1,H2 [--windows=N]
         opts = dict(a[2:].split("=", 1) for a in argv[2:] if a.startswith("--"))
         result = stage_losses([a for a in argv[2:] if not a.startswith("--")],
                               [float(h) for h in opts["hours"].split(",")], int(opts.get("windows", 200)))
         checkpoint.atomic_write(Path(argv[1]), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
         print(json.dumps({m: r["c0_loss"] for m, r in result["models"].items()}, indent=2))
         return
-    if argv[:1] == ["probe"] and len(argv) == 3:  # python -m csm_lib.evaluate probe MODEL OUT.json
+    if argv[:1] == ["probe"] and len(argv) == 3:  # python -m csm_lib.judges.evaluate probe MODEL OUT.json
         result = probe(argv[1])
         checkpoint.atomic_write(Path(argv[2]), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
         print(json.dumps(result, indent=2))
         return
     if not argv or argv[0].startswith("--"):
-        raise SystemExit("usage: python -m csm_lib.evaluate MODEL.safetensors [--turns=N] [--unseen_turns=N]"
+        raise SystemExit("usage: python -m csm_lib.judges.evaluate MODEL.safetensors [--turns=N] [--unseen_turns=N]"
                          " [--temperature=T] [--hours=H --corpus_seed=S] [--out=results/...json]")
     opts = dict(a[2:].split("=", 1) for a in argv[1:])
     unknown = set(opts) - {"turns", "unseen_turns", "temperature", "hours", "corpus_seed", "out"}

@@ -16,6 +16,8 @@ Each stage is a ``token_lm.TokenLM``; codebook 0 is our codec's semantic codeboo
 so the semantic stage writes what AudioLM's w2v-BERT tokens would carry.
 
 Shapes: P text positions, N frames, K codebooks (8), V codes per codebook.
+
+Explained in chapter 09 (``notebooks/09_latency_table.ipynb``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from csm_lib.backbone import TransformerConfig
-from csm_lib.token_lm import TokenLM, TokenLMConfig
+from csm_lib.baselines.token_lm import TokenLM, TokenLMConfig
 
 COARSE = (1, 2, 3)  # codebooks of the coarse acoustic stage
 FINE = (4, 5, 6, 7)  # codebooks of the fine acoustic stage
