@@ -142,12 +142,12 @@ text-inputs: setup
 	  --turns=$(COMPARE_TURNS)
 
 ## alignment-study: which training-only alignment remedy makes the reference read better, at equal compute
-## (csm_lib/alignment_study.py) -> results/alignment_study.json: from the shipped reference, STUDY_STEPS more steps of
+## (csm_lib/judges/alignment_study.py) -> results/alignment_study.json: from the shipped reference, STUDY_STEPS more steps of
 ## its recipe on the 20 h corpus for each arm (base; phone, ctc, guided; the best two together; regrouped turn order),
 ## each judged on the same 40 held-out test turns with context. Resumable (runs/alignment_study/); about 8 x 15 min.
 STUDY_STEPS ?= 300
 alignment-study: setup
-	OMP_NUM_THREADS=2 $(PY) -m csm_lib.alignment_study --steps=$(STUDY_STEPS)
+	OMP_NUM_THREADS=2 $(PY) -m csm_lib.judges.alignment_study --steps=$(STUDY_STEPS)
 
 ## budget-gpu: paper_422m's peak GPU memory and speed, beside the estimate -> results/paper_422m_gpu.json
 ## (needs a CUDA GPU; about 2 min on an H200. The layout step reads the 1 h corpus and may run elsewhere:

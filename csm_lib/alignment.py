@@ -21,6 +21,8 @@ that ships: their parameters live in ``AlignmentLosses``, beside the CSM, and ar
 The total loss is ``CSM loss + weight * sum of the chosen remedies`` (``train.TrainConfig.align``).
 
 Shapes: B batch, S positions, K codebooks, D backbone width, F codec frames, V text vocabulary.
+
+Explained in chapter 07 (``notebooks/07_training.ipynb``, section 6.5).
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ Each arm is judged on the same held-out test turns with context (``evaluate.eval
 and CER with 95% intervals, SIM), by its codebook-0 loss on validation windows with the text intact
 and scrambled (how much it reads), and the base and regroup arms also in the four context layouts
 (``evaluate.LAYOUTS``). Resumable: a trained arm is not trained again, a judged one not judged again
-(``runs/alignment_study/<arm>/``). ``python -m csm_lib.alignment_study [--steps=300] [--turns=40]``
+(``runs/alignment_study/<arm>/``). ``python -m csm_lib.judges.alignment_study [--steps=300] [--turns=40]``
 writes ``results/alignment_study.json`` (``make alignment-study``).
+
+Explained in chapter 07 (``notebooks/07_training.ipynb``, section 6.5).
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from pathlib import Path
 import torch
 
 from csm_lib import audio as A
-from csm_lib import checkpoint, data, evaluate
+from csm_lib import checkpoint, data
 from csm_lib.alignment import aligned_mass, attention_maps
 from csm_lib.dataset import encode_corpus, join_turns, split_windows, tokenize_turns
 from csm_lib.generate import Generator, Segment, load_codec, load_model
+from csm_lib.judges import evaluate
 from csm_lib.train import TrainConfig, train
 
 REFERENCE = Path("checkpoints/csm_reference.safetensors")
@@ -178,7 +181,7 @@ def study(steps: int = 300, turns: int = 40, out: str | Path = "results/alignmen
     result = {"reference": shipped, "steps": steps, "turns": turns, "pair": pair,
               "recipe": {k: v for k, v in vars(arm_config("base", steps)).items() if k in (
                   "hours", "corpus_seed", "steps", "schedule_start", "lr", "warmup", "batch", "max_len", "seed")},
-              "arms": arms, "provenance": checkpoint.provenance("csm_lib.alignment_study", "cpu")}
+              "arms": arms, "provenance": checkpoint.provenance("csm_lib.judges.alignment_study", "cpu")}
     Path(out).write_text(json.dumps(result, indent=1) + "\n")
     return result
 
