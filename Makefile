@@ -146,8 +146,9 @@ text-inputs: setup
 ## its recipe on the 20 h corpus for each arm (base; phone, ctc, guided; the best two together; regrouped turn order),
 ## each judged on the same 40 held-out test turns with context. Resumable (runs/alignment_study/); about 8 x 15 min.
 STUDY_STEPS ?= 300
+STUDY_THREADS ?= 2
 alignment-study: setup
-	OMP_NUM_THREADS=2 $(PY) -m csm_lib.judges.alignment_study --steps=$(STUDY_STEPS)
+	OMP_NUM_THREADS=2 $(PY) -m csm_lib.judges.alignment_study --steps=$(STUDY_STEPS) --threads=$(STUDY_THREADS)
 
 ## budget-gpu: paper_422m's peak GPU memory and speed, beside the estimate -> results/paper_422m_gpu.json
 ## (needs a CUDA GPU; about 2 min on an H200. The layout step reads the 1 h corpus and may run elsewhere:

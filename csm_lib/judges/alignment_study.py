@@ -28,10 +28,11 @@ import json
 from dataclasses import fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from csm_lib import audio as A
-from csm_lib import checkpoint, data
+from csm_lib import checkpoint, data, metrics
 from csm_lib.alignment import aligned_mass, attention_maps
 from csm_lib.dataset import encode_corpus, join_turns, split_windows, tokenize_turns
 from csm_lib.generate import Generator, Segment, load_codec, load_model
@@ -46,7 +47,7 @@ HOURS = 20.0  # the study's corpus: the reference's first-stage corpus, whose te
 
 
 def arm_config(arm: str, steps: int, pair: str = "", hours: float = HOURS, lr: float = 5e-4,
-               warmup: int = 30) -> TrainConfig:
+               warmup: int = 30, threads: int = 2) -> TrainConfig:
     """The reference's own recipe, continued ``steps`` steps on the ``hours`` corpus, plus the arm's addition."""
     meta = json.loads(REFERENCE.with_suffix(".json").read_text())
     known = {f.name for f in fields(TrainConfig)}
@@ -55,7 +56,7 @@ def arm_config(arm: str, steps: int, pair: str = "", hours: float = HOURS, lr: f
     align = {"base": "", "regroup": "", "pair": pair}.get(arm, arm)
     return replace(base, hours=hours, steps=start + steps, schedule_start=start, lr=lr, warmup=warmup, minutes=0.0,
                    stop_step=0, eval_every=100, ckpt_every=100, align=align, regroup=0.25 if arm == "regroup" else 0.0,
-                   init=str(REFERENCE), resume=False, continue_from="", after="", out=str(ROOT / arm),
+                   threads=threads, init=str(REFERENCE), resume=False, continue_from="", after="", out=str(ROOT / arm),
                    data_root=data.DEFAULT_ROOT.as_posix())
 
 
@@ -152,22 +153,37 @@ def heard_turn(model_path: Path, name: str, head: dict, out_dir: Path, seed: int
             "ground_truth_wav": row["wav"]}
 
 
+def paired_wer_difference(arm: dict, base: dict) -> dict:
+    """WER with context of ``arm`` minus ``base``'s on the same turns and seeds, with a paired bootstrap 95%
+    interval over turns: far tighter than comparing the two intervals, since a turn hard for one is hard for both."""
+    a, b = arm["test"]["with_context"]["per_turn"], base["test"]["with_context"]["per_turn"]
+    ea, eb, n = (np.array(x, dtype=float) for x in (a["edits"], b["edits"], a["words"]))
+    if a["words"] != b["words"]:
+        raise ValueError("the two arms were not judged on the same turns")
+    diff = lambda i: (ea[i].sum() - eb[i].sum()) / n[i].sum()  # noqa: E731
+    return {"wer_difference": round(float(diff(np.arange(len(n)))), 4),
+            "wer_difference_ci95": metrics.bootstrap_ci(diff, len(n))}
+
+
 def best_pair(arms: dict[str, dict]) -> str:
     """The two single remedies with the lowest held-out WER with context, "+"-joined."""
     ranked = sorted(SINGLES, key=lambda a: arms[a]["test"]["with_context"]["wer"])
     return "+".join(sorted(ranked[:2], key=SINGLES.index))
 
 
-def study(steps: int = 300, turns: int = 40, out: str | Path = "results/alignment_study.json") -> dict:
-    """Train and judge every arm (module docstring); writes ``out``."""
+def study(steps: int = 300, turns: int = 40, out: str | Path = "results/alignment_study.json",
+          threads: int = 2) -> dict:
+    """Train and judge every arm (module docstring); writes ``out``. ``threads``: torch's CPU threads while
+    training (the arms' results do not depend on it beyond float rounding)."""
     arms: dict[str, dict] = {}
     for arm in ("base", *SINGLES):
-        arms[arm] = judged(arm, trained(arm_config(arm, steps)), turns, layouts=arm == "base")
+        arms[arm] = judged(arm, trained(arm_config(arm, steps, threads=threads)), turns, layouts=arm == "base")
     pair = best_pair(arms)
-    arms["pair"] = judged("pair", trained(arm_config("pair", steps, pair)), turns, layouts=False)
-    arms["regroup"] = judged("regroup", trained(arm_config("regroup", steps)), turns, layouts=True)
+    arms["pair"] = judged("pair", trained(arm_config("pair", steps, pair, threads=threads)), turns, layouts=False)
+    arms["regroup"] = judged("regroup", trained(arm_config("regroup", steps, threads=threads)), turns, layouts=True)
     for arm in arms:
         arms[arm]["attention"] = attention_alignment(ROOT / arm / "model.safetensors", ROOT / arm)
+        arms[arm]["against_base"] = paired_wer_difference(arms[arm], arms["base"])
     shipped = checkpoint.model_record(REFERENCE) | {"attention": attention_alignment(REFERENCE, ROOT / "reference")}
     samples = Path(out).parent / "alignment_samples"
     samples.mkdir(parents=True, exist_ok=True)
@@ -191,8 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=300, help="steps each arm trains beyond the reference")
     p.add_argument("--turns", type=int, default=40, help="held-out test turns each arm is judged on")
     p.add_argument("--out", default="results/alignment_study.json")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads while training")
     a = p.parse_args(argv)
-    r = study(a.steps, a.turns, a.out)
+    r = study(a.steps, a.turns, a.out, a.threads)
     for arm, j in r["arms"].items():
         w = j["test"]["with_context"]
         print(f"{arm:8s} WER {w['wer']:.3f} {w['wer_ci95']}  SIM {w['sim']:.3f}  "

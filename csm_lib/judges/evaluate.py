@@ -216,6 +216,10 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
             ended = np.array([e[name]["ended"] for e in judged], dtype=float)
             out |= {"ended_by_eos": round(float(ended.mean()), 4),
                     "ended_by_eos_ci95": metrics.bootstrap_ci(lambda i: ended[i].mean(), len(judged))}
+        # each turn's word edits, words and SIM, in the order judged: two models judged on the same turns
+        # with the same seeds can be compared turn by turn (a paired bootstrap)
+        out["per_turn"] = {"edits": edits.astype(int).tolist(), "words": n_words.astype(int).tolist(),
+                           "sim": [round(float(x), 4) for x in sims]}
         return out
 
     train_folder = folder if train_t is None else corpus_folder(train_t)
