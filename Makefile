@@ -117,14 +117,16 @@ seed-variants: setup
 
 ## model-eval: choose the sampling temperature on 30 validation turns (results/temperature_sweep.json), then judge
 ## the reference CSM at it on held-out sentences (test split: 40 turns) and on the unseen-word split (30 turns),
-## with and without context -> results/reference_model.json; reference_model_probe.json (about 30 min).
+## with and without context, and the test turns again with their context laid out four ways (as in the corpus, the
+## speaker's own turn first, last, alone: evaluate.LAYOUTS) -> results/reference_model.json;
+## reference_model_probe.json (about 40 min).
 ## The test turns are those of stage 1's corpus (20 h, --hours), the turns every earlier reference was judged on;
 ## stage 2's larger corpus holds out the same sentences, and the result counts its overlap against that corpus.
 model-eval: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.judges.evaluate sweep checkpoints/csm_reference.safetensors results/temperature_sweep.json
 	t=$$($(PY) -c "import json; print(json.load(open('results/temperature_sweep.json'))['chosen'])"); \
 	CSM_PROGRESS=0 $(PY) -m csm_lib.judges.evaluate checkpoints/csm_reference.safetensors --turns=40 --unseen_turns=30 \
-	  --temperature=$$t --hours=20
+	  --temperature=$$t --hours=20 --layouts=all
 	CSM_PROGRESS=0 $(PY) -m csm_lib.judges.evaluate probe checkpoints/csm_reference.safetensors results/reference_model_probe.json
 
 ## text-inputs: what should the backbone read? The model recipe with bpe, chars and phones, COMPARE_MINUTES of

@@ -118,19 +118,21 @@ def corpus_folder(t: dict) -> Path:
 
 def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
              max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test",
-             hours: float | None = None, corpus_seed: int | None = None, unseen_turns: int = 0) -> dict:
+             hours: float | None = None, corpus_seed: int | None = None, unseen_turns: int = 0,
+             layouts: tuple[str, ...] = ()) -> dict:
     """Judge the checkpoint ``model_path`` (module docstring): what ``results/reference_model.json`` holds.
 
     By default the held-out split of the model's own training corpus; ``hours``/``corpus_seed`` pick
     another corpus, so that two models trained on different corpora meet the same test turns (a
     corpus of another seed shares no conversation with either). ``unseen_turns > 0`` also judges that
     many turns of the ``unseen`` split (a wordnet corpus: words training never saw), under ``unseen_words``.
+    ``layouts``: the test turns also judged with their context laid out so (``LAYOUTS``), under ``layouts``.
     """
     model, meta = load_model(model_path)
     t, own = trained_with(meta, hours=hours, corpus_seed=corpus_seed), trained_with(meta)
     tokenizer = model_tokenizer(model_path)
     result = evaluate_model(model, t, max_turns, temperature, topk, max_audio_length_ms, seed, split, tokenizer,
-                            train_t=own)
+                            train_t=own, layouts=layouts)
     if unseen_turns:
         unseen = evaluate_model(model, t, unseen_turns, temperature, topk, max_audio_length_ms, seed, "unseen",
                                 tokenizer, train_t=own)
@@ -407,16 +409,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not argv or argv[0].startswith("--"):
         raise SystemExit("usage: python -m csm_lib.judges.evaluate MODEL.safetensors [--turns=N] [--unseen_turns=N]"
-                         " [--temperature=T] [--hours=H --corpus_seed=S] [--out=results/...json]")
+                         " [--temperature=T] [--hours=H --corpus_seed=S] [--layouts=all] [--out=results/...json]")
     opts = dict(a[2:].split("=", 1) for a in argv[1:])
-    unknown = set(opts) - {"turns", "unseen_turns", "temperature", "hours", "corpus_seed", "out"}
+    unknown = set(opts) - {"turns", "unseen_turns", "temperature", "hours", "corpus_seed", "layouts", "out"}
     if unknown:
         raise SystemExit(f"unknown option(s) {sorted(unknown)}; expected --turns, --unseen_turns, --temperature, "
-                         "--hours, --corpus_seed, --out")
+                         "--hours, --corpus_seed, --layouts, --out")
+    layouts = LAYOUTS if opts.get("layouts") == "all" else tuple(x for x in opts.get("layouts", "").split(",") if x)
+    if set(layouts) - set(LAYOUTS):
+        raise SystemExit(f"--layouts must be 'all' or a comma-separated subset of {LAYOUTS}, got {opts['layouts']!r}")
     result = evaluate(argv[0], max_turns=int(opts.get("turns", 40)), unseen_turns=int(opts.get("unseen_turns", 0)),
                       temperature=float(opts.get("temperature", 0.8)),
                       hours=float(opts["hours"]) if "hours" in opts else None,
-                      corpus_seed=int(opts["corpus_seed"]) if "corpus_seed" in opts else None)
+                      corpus_seed=int(opts["corpus_seed"]) if "corpus_seed" in opts else None, layouts=layouts)
     out = Path(opts.get("out", "results/reference_model.json"))
     checkpoint.atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
     print(json.dumps({k: result[k] for k in ("ground_truth", "with_context", "without_context")}, indent=2))
