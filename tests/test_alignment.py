@@ -172,3 +172,13 @@ def test_attention_maps_are_distributions_and_aligned_mass_scores_a_reading_head
         reading[0, 0, t, align[0, t + 1]] = 1
         reading[0, 1, t, len(text)] = 1
     assert aligned_mass(reading, align, mask).tolist() == [1.0, 0.0]
+
+
+def test_layouts_put_the_speakers_own_turn_first_last_or_alone():
+    from csm_lib.judges.evaluate import LAYOUTS, layout_context
+
+    earlier = [{"speaker": s, "wav": f"t{i}"} for i, s in enumerate((0, 1, 0, 1))]  # turns 0-3; turn 4 is speaker 0's
+    row = {"speaker": 0, "wav": "t4"}
+    got = {name: [r["wav"] for r in layout_context(row, earlier, name)] for name in LAYOUTS}
+    assert got == {"corpus": ["t0", "t1", "t2", "t3"], "own_first": ["t2", "t3"], "own_last": ["t3", "t2"],
+                   "own_only": ["t2"]}

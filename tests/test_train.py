@@ -154,7 +154,7 @@ def test_read_log_skips_a_torn_line(tmp_path):
 
 def test_evaluate_runs_end_to_end_on_a_trained_tiny_model(tmp_path):
     """The reference-model evaluation on a (barely) trained tiny model: structure and ground truth."""
-    from csm_lib.judges.evaluate import evaluate, held_out_targets, probe
+    from csm_lib.judges.evaluate import LAYOUTS, evaluate, held_out_targets, probe
 
     run(tmp_path / "m", "--steps=2", "--ckpt_every=100")
     assert (tmp_path / "m" / "model.tokenizer.json").exists()
@@ -173,6 +173,10 @@ def test_evaluate_runs_end_to_end_on_a_trained_tiny_model(tmp_path):
     probed = probe(tmp_path / "m" / "model.safetensors", n_windows=4)
     for part in ("train", "train_text_scrambled", "valid"):
         assert all(v > 0 for v in probed[part].values())
+    laid = evaluate(tmp_path / "m" / "model.safetensors", max_turns=2, max_audio_length_ms=800, split="train",
+                    layouts=LAYOUTS)  # the same turns with their context laid out four ways
+    assert set(laid["layouts"]) == set(LAYOUTS) and laid["layouts"]["corpus"]["wer"] == laid["with_context"]["wer"]
+    assert all(len(s["per_turn"]["edits"]) == 2 for s in laid["layouts"].values())
     rows = [{"conversation": c, "turn": t} for c in "ab" for t in range(4)]
     picked = held_out_targets(rows, 3)
     assert [(r["conversation"], r["turn"], len(e)) for r, e in picked] == [("a", 2, 2), ("b", 2, 2), ("a", 3, 3)]

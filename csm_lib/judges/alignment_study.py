@@ -79,7 +79,7 @@ def judged(arm: str, model_path: Path, turns: int, layouts: bool) -> dict:
     t, tok = evaluate.trained_with(meta), evaluate.model_tokenizer(model_path)
     sweep = json.loads(Path("results/temperature_sweep.json").read_text())["chosen"]
     result = evaluate.evaluate_model(model, t, turns, temperature=sweep, tokenizer=tok, without_context=False,
-                                     layouts=evaluate.LAYOUTS if layouts else ())
+                                     layouts=evaluate.LAYOUTS if layouts else (), style=False)
     _, valid_w = evaluate.training_windows(t, tok)
     idx = list(range(min(64, len(valid_w))))
     out = {"arm": arm, "fingerprint": fp, "measured_with": checkpoint.model_record(model_path),

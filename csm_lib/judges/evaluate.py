@@ -91,12 +91,13 @@ def layout_context(row: dict, earlier: list[dict], layout: str) -> list[dict]:
     return {"own_first": [own, other], "own_last": [other, own], "own_only": [own]}[layout]
 
 
-def judge(audio: torch.Tensor, sr: int, text: str) -> dict:
+def judge(audio: torch.Tensor, sr: int, text: str, style: bool = True) -> dict:
+    """Transcript, speaker embedding, style (``style=False``: not measured, NaN; pYIN is the slow judge), seconds."""
     if audio.numel() < sr // 10:  # nothing (or almost nothing) was said
         return {"hyp": "", "embedding": None, "style": np.full(3, np.nan), "seconds": audio.numel() / sr}
-    p = metrics.prosody(audio, sr, text)
     return {"hyp": metrics.transcriber()(audio, sr), "embedding": metrics.speaker_embedding(audio, sr),
-            "style": style_vector(p), "seconds": audio.numel() / sr}
+            "style": style_vector(metrics.prosody(audio, sr, text)) if style else np.full(3, np.nan),
+            "seconds": audio.numel() / sr}
 
 
 def trained_with(meta: dict, **overrides) -> dict:
@@ -144,13 +145,14 @@ def evaluate(model_path: str | Path, max_turns: int = 40, temperature: float = 0
 def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8, topk: int = 50,
                    max_audio_length_ms: float = 15_000, seed: int = 0, split: str = "test",
                    tokenizer: AnyTokenizer | None = None, without_context: bool = True, int8: bool = False,
-                   train_t: dict | None = None, layouts: tuple[str, ...] = ()) -> dict:
+                   train_t: dict | None = None, layouts: tuple[str, ...] = (), style: bool = True) -> dict:
     """Judge ``model``, trained with the ``train.TrainConfig`` fields ``t`` (corpus, codec, its tokenizer).
 
     ``int8``: generate with the fast path's dynamic INT8 linear layers (``inference.int8``).
     ``train_t``: the settings the model was really trained with, when ``t`` names another corpus to
     judge on; the overlap is counted against *its* training split (default: ``t``'s).
-    ``layouts``: also judge each turn with its context laid out so (``LAYOUTS``; the same seed), under "layouts"."""
+    ``layouts``: also judge each turn with its context laid out so (``LAYOUTS``; the same seed), under "layouts".
+    ``style=False``: no style error (its pYIN is the slowest judge), for comparisons of WER and SIM only."""
     was_training = model.training
     folder = corpus_folder(t)
     codec, _ = load_codec(t["codec"])
@@ -169,10 +171,10 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
         ref_emb = metrics.speaker_embedding(torch.cat(own), sr)
         ref_style = np.nanmean([style_vector(metrics.prosody(a, sr, r["text"]))
                                 for a, r in zip(own, [r for r in earlier if r["speaker"] == row["speaker"]],
-                                                strict=True)], axis=0)
+                                                strict=True)], axis=0) if style else np.full(3, np.nan)
         entry = {"conversation": row["conversation"], "turn": row["turn"], "text": row["text"],
                  "ref_embedding": ref_emb, "ref_style": ref_style,
-                 "ground_truth": judge(A.load(row["wav"])[0], sr, row["text"])}
+                 "ground_truth": judge(A.load(row["wav"])[0], sr, row["text"], style)}
         max_frames = int(max_audio_length_ms // gen.frame_ms)
         runs = [("with_context", context), ("without_context", [])][:2 if without_context else 1]
         by_row = {r["wav"]: s for r, s in zip(earlier, context, strict=True)}
@@ -182,13 +184,14 @@ def evaluate_model(model, t: dict, max_turns: int = 40, temperature: float = 0.8
             codes = list(gen.frames(row["text"], row["speaker"], ctx, max_audio_length_ms, temperature, topk,
                                     seed=seed + i))
             audio = gen.decode(codes)  # what gen.generate returns; the frame count says how it ended
-            entry[name] = judge(audio, sr, row["text"]) | {"ended": len(codes) < max_frames}
+            entry[name] = judge(audio, sr, row["text"], style) | {"ended": len(codes) < max_frames}
         if "corpus" in layouts:
             entry["layout_corpus"] = entry["with_context"]
         judged.append(entry)
     model.train(was_training)
     # the style error is in units of the ground truth's spread over the judged turns: one turn has none
-    spread = np.nanstd(np.stack([e["ground_truth"]["style"] for e in judged]), axis=0) if len(judged) > 1 else None
+    spread = np.nanstd(np.stack([e["ground_truth"]["style"] for e in judged]), axis=0) \
+        if len(judged) > 1 and style else None
 
     def summary(name: str) -> dict:
         """Corpus WER, mean SIM, style error, turns ended by end-of-speech, duration ratio (median),
