@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from csm_lib.serve.cli import KEY_ENV, Server, access_for
+from csm_lib.outputs import REPO
+from csm_lib.serve.cli import KEY_ENV, Server, access_for, limits_markdown
 
 KEY_A, KEY_B = "a-key-of-client-a-0123456789", "a-key-of-client-b-9876543210"
 A, B = ({"authorization": f"Bearer {k}"} for k in (KEY_A, KEY_B))
@@ -187,3 +188,7 @@ def test_exposed_only_with_a_key():
     r = subprocess.run([sys.executable, "-m", "csm_lib.serve", "--host=0.0.0.0", "--model=/nonexistent"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "no API key is set" in r.stderr, r.stderr[-500:]
+
+
+def test_the_readme_documents_every_limit():
+    assert limits_markdown() in (REPO / "README.md").read_text()

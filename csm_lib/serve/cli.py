@@ -70,6 +70,12 @@ def limits_table() -> list[dict]:
              "answer": f.metadata["answer"]} for f in fields(Limits)]
 
 
+def limits_markdown() -> str:
+    """``limits_table`` as the README's Markdown table."""
+    rows = [f"| `{r['flag']}` | {r['default']} | {r['bounds']} | {r['answer'] or '-'} |" for r in limits_table()]
+    return "\n".join(["| flag | default | bounds | past it |", "|---|---|---|---|", *rows])
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m csm_lib.serve",
                                 description="Serve the CSM over HTTP (FastAPI + uvicorn). Each limit's help says "
