@@ -125,13 +125,13 @@ async def follow_client(app, scope, receive, send, body: bytes, stats: dict) -> 
         await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
         if not work.done() and not complete:  # the client left first: nobody waits for this work
             work.cancel()
-            stats["cancelled_on_disconnect"] = stats.get("cancelled_on_disconnect", 0) + 1
+            stats["cancelled_on_disconnect"] += 1
             with contextlib.suppress(asyncio.CancelledError):
                 await work
             return
         await work
     except StreamCut as e:  # returning without the last chunk makes the server abort the connection
-        stats["streams_cut"] = stats.get("streams_cut", 0) + 1
+        stats["streams_cut"] += 1
         log.warning("stream aborted: %s", e)
     finally:
         work.cancel()
@@ -140,6 +140,7 @@ async def follow_client(app, scope, receive, send, body: bytes, stats: dict) -> 
 
 def guard(app, limits: Limits, access: Access, stats: dict):
     """The ASGI middleware of the module's docstring (steps 1-5) around ``app``; ``stats`` counts what it did."""
+    stats |= {"cancelled_on_disconnect": 0, "streams_cut": 0}
 
     async def middleware(scope, receive, send):
         if scope["type"] != "http":
