@@ -356,9 +356,11 @@ class Pool:
         return job
 
     def send(self, job: Job, message: tuple) -> None:
-        """Send an admitted job's message (``("generate", request)``, ``("add", conversation, turns)``)."""
-        job.worker.inbox.put((message[0], job.id, *message[1:]))
-        job.sent = True
+        """Send an admitted job's message (``("generate", request)``, ``("add", conversation, turns)``); not if its
+        worker died meanwhile (the job's queue already holds the error that says so)."""
+        if not job.worker.dead:
+            job.worker.inbox.put((message[0], job.id, *message[1:]))
+            job.sent = True
 
     def finish(self, job: Job) -> None:
         """The job is over (done, failed, timed out, or the client left): the worker forgets it."""
