@@ -204,7 +204,8 @@ bench-latency: setup flite
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench latency
 
 ## serve: the reference model over HTTP on 127.0.0.1:8000 (csm_lib/serve/; `$(PY) -m csm_lib.serve --help` for
-## --model, --codec, --port and every limit). Ctrl-C stops it.
+## --model, --codec, --port and every limit). No key is needed on loopback; any other --host needs CSM_API_KEY
+## (README, "Serving"). Ctrl-C stops it.
 serve: setup
 	$(PY) -m csm_lib.serve $(SERVE_ARGS)
 

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections import OrderedDict
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -110,7 +111,34 @@ class TextTokenizer:
 # --- phones -----------------------------------------------------------------------------------------
 WORD_BOUNDARY, UNK = "|", "<unk>"
 PUNCTUATION = (",", ".", "?", "!")
-_LEXICON: dict[str, list[str]] = {}  # word -> flite phones, filled by t2p as words are met
+LEXICON_WORDS = 2**16  # words the lexicon keeps (~650 bytes each: ~43 MB at most); a corpus has ~27,000
+
+
+class Lexicon(OrderedDict):
+    """word -> flite phones, the ``max_words`` most recently used words (an LRU cache).
+
+    A long-running process (a server worker) meets new words forever; the least recently used
+    one leaves when the lexicon is full, and is looked up again if it comes back.
+    """
+
+    def __init__(self, max_words: int = LEXICON_WORDS):
+        super().__init__()
+        self.max_words = max_words
+
+    def __setitem__(self, word: str, phones: list[str]) -> None:
+        super().__setitem__(word, phones)
+        self.move_to_end(word)
+        while len(self) > self.max_words:
+            self.popitem(last=False)
+
+    def missing(self, words: set[str]) -> list[str]:
+        """The words not kept, sorted; the kept ones become the most recently used."""
+        for w in words & self.keys():
+            self.move_to_end(w)
+        return sorted(words - self.keys())
+
+
+_LEXICON = Lexicon()  # filled by t2p as words are met
 
 
 def _t2p(words: list[str]) -> list[list[str]]:
@@ -137,8 +165,10 @@ def _pieces(text: str) -> list[str]:
 
 
 def learn(texts: list[str]) -> None:
-    """Look up every word of ``texts`` not yet in the lexicon, in as few ``t2p`` calls as possible."""
-    new = sorted({p.lower() for t in texts for p in _pieces(t) if p[0].isalnum()} - _LEXICON.keys())
+    """Look up every word of ``texts`` not yet in the lexicon, in as few ``t2p`` calls as possible (one per
+    400 words). Afterwards they are the lexicon's most recent words: all of them are kept as long as
+    ``texts`` hold no more than ``LEXICON_WORDS`` different words (one turn's text always fits)."""
+    new = _LEXICON.missing({p.lower() for t in texts for p in _pieces(t) if p[0].isalnum()})
     _LEXICON.update(zip(new, _t2p(new), strict=True))
 
 

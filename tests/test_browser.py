@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from csm_lib import outputs
-from csm_lib.serve.app import free_port
+from csm_lib.serve.cli import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LINE = "the garden looks lovely in the morning light"

@@ -40,3 +40,27 @@ def test_bad_input(tok, tmp_path):
         tok.encode("   ", speaker=0)
     with pytest.raises(FileNotFoundError, match="no tokenizer"):
         TextTokenizer.load(tmp_path / "nope.json")
+
+
+def test_lexicon_is_bounded_and_evicts_the_least_recently_used(monkeypatch):
+    """The phone lexicon keeps at most ``max_words`` words; an evicted word is looked up again when it
+    comes back, and a text's own words are never evicted while it is phonemised."""
+    import csm_lib.text as T
+
+    calls: list[list[str]] = []
+
+    def fake_t2p(words: list[str]) -> list[list[str]]:  # one "phone" per word: the word itself
+        calls.append(list(words))
+        return [[w] for w in words]
+
+    monkeypatch.setattr(T, "_t2p", fake_t2p)
+    monkeypatch.setattr(T, "_LEXICON", T.Lexicon(max_words=4))
+    T.learn(["alpha beta gamma"])
+    assert calls == [["alpha", "beta", "gamma"]]  # one batch for the new words
+    T.learn(["alpha delta epsilon"])  # alpha is used again: beta, the oldest, leaves
+    assert calls[-1] == ["delta", "epsilon"] and list(T._LEXICON) == ["gamma", "alpha", "delta", "epsilon"]
+    assert T.phonemize("Beta, alpha.") == ["beta", ",", "|", "alpha", "."]  # beta looked up again, then kept
+    assert calls[-1] == ["beta"] and len(T._LEXICON) == 4 and "gamma" not in T._LEXICON
+    for i in range(50):
+        T.phonemize(f"word{i} other{i}")
+    assert len(T._LEXICON) == 4

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from csm_lib import metrics
-from csm_lib.serve.app import Server
+from csm_lib.serve.cli import Server
 
 LEVELS = (1, 4, 8)  # concurrent streaming clients
 
@@ -170,8 +170,9 @@ def bench_serve(threads: int = 1, repeats: int = 8, memory_requests: int = 500,
                  "cores_used": "CPU seconds per wall second of the server's main process, its workers, the clients"}
     out["measured_with"] = model_record(REFERENCE_MODEL)  # what the server's workers load
     out["codec_chunks"] = decoder_chunk_cost()
-    with Server(workers=2, threads=threads, max_streams=8) as server:
-        out["server"] = {k: server.health()["limits"][k] for k in ("workers", "threads", "max_streams", "chunk_frames")}
+    # the clients are threads of one process, without keys: one client to the server, allowed all 8 streams
+    with Server(workers=2, threads=threads, max_streams=8, max_streams_per_client=8) as server:
+        out["server"] = {k: server.status()["limits"][k] for k in ("workers", "threads", "max_streams", "chunk_frames")}
         run_clients(server.url, 2, 2, max_audio_length_ms, seed0=10_000)  # warm-up
         out["levels"] = {}
         for n in LEVELS:
@@ -190,7 +191,7 @@ def bench_serve(threads: int = 1, repeats: int = 8, memory_requests: int = 500,
     alternatives = {"no_batching": dict(workers=2, threads=threads, batch=0),  # streams drawn one by one
                     "one_worker_two_threads": dict(workers=1, threads=2)}  # one process, two torch threads
     for name, flags in alternatives.items():
-        with Server(max_streams=8, **flags) as server:
+        with Server(max_streams=8, max_streams_per_client=8, **flags) as server:
             run_clients(server.url, 2, 1, max_audio_length_ms, seed0=10_000)
             out[name] = {"8": summarize(run_clients(server.url, 8, repeats, max_audio_length_ms, server=server))}
             print(name, out[name], flush=True)

@@ -1,5 +1,5 @@
-"""``python -m csm_lib.serve [--model ...] [--port ...] [--LIMIT ...]``: the server (``app.main``, chapter 11)."""
+"""``python -m csm_lib.serve [--model ...] [--port ...] [--LIMIT ...]``: the server (``cli.main``, chapter 11)."""
 
-from csm_lib.serve.app import main
+from csm_lib.serve.cli import main
 
 main()

@@ -1,24 +1,20 @@
-"""The server's FastAPI app and its command line (chapter 11): ``make serve``, ``python -m csm_lib.serve``.
+"""The server's FastAPI app (chapter 11): what ``make serve`` and ``python -m csm_lib.serve`` run (``cli.py``).
 
-``create_app`` checks each request against the server's ``Limits`` (4xx with what was wrong), admits
-it to a worker (``workers.Pool``), waits for its first chunk and then streams the rest, or answers the
-whole reply as WAV, PCM or JSON. ``Server`` runs the command in a subprocess on a free local port
-(the tests, ``bench/serve.py`` and chapter 11 talk to it as any client would).
+``create_app`` checks each request against the server's ``Limits`` (4xx with what was wrong) before any
+work, admits it to a worker (``workers.Pool``: 429 over the server's or the client's quota), decodes its
+context audio in a thread, waits for its first chunk and then streams the rest, or answers the whole
+reply as WAV, PCM or JSON. ``guard.py`` stands in front of it: hosts, API keys, body size and time,
+and cancelling the work of a client that left.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import atexit
 import base64
 import contextlib
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from csm_lib import checkpoint
 from csm_lib.generate import MIN_TEMPERATURE, REFERENCE_CODEC, REFERENCE_MODEL, trained_speakers
-from csm_lib.outputs import REPO
+from csm_lib.serve.guard import Access, StreamCut, guard
 from csm_lib.serve.schema import (
     APIError,
     ConversationInfo,
@@ -40,27 +36,13 @@ from csm_lib.serve.schema import (
     Limits,
     Turn,
 )
-from csm_lib.serve.wav import decode_wav, wav_header
-from csm_lib.serve.workers import KeptConversation, Pool, next_message
+from csm_lib.serve.wav import check_sizes, decode_wavs, wav_header
+from csm_lib.serve.workers import Job, KeptConversation, Pool, next_message
+
+DECODE_THREADS = 2  # context audio is decoded in these threads, never in the event loop
 
 
-# --- checks beyond the schema ------------------------------------------------------------------
-def context_turns(turns: list[Turn], limits: Limits, sample_rate: int) -> list[tuple[int, str, np.ndarray]]:
-    """Decode and check a request's context turns -> ``(speaker, text, audio)``; 422 when over the limits."""
-    if len(turns) > limits.max_context_turns:
-        raise APIError(422, f"context has {len(turns)} turns; this server takes at most {limits.max_context_turns}")
-    out, seconds = [], 0.0
-    for i, t in enumerate(turns):
-        check_text(t.text, limits, f"context[{i}].text")
-        audio = decode_wav(t.audio, sample_rate, f"context[{i}].audio")
-        seconds += len(audio) / sample_rate
-        if seconds > limits.max_context_audio_s:
-            raise APIError(422, f"context audio lasts more than {limits.max_context_audio_s:g} s in all; "
-                                f"this server takes at most that (send fewer or shorter turns)")
-        out.append((t.speaker, t.text, audio))
-    return out
-
-
+# --- checks beyond the schema, before any work ---------------------------------------------------
 def check_text(text: str, limits: Limits, where: str) -> None:
     if not text.strip():
         raise APIError(422, f"{where} is blank: a turn needs words")
@@ -68,39 +50,16 @@ def check_text(text: str, limits: Limits, where: str) -> None:
         raise APIError(422, f"{where} has {len(text)} characters; this server takes at most {limits.max_text_chars}")
 
 
-# --- the application ---------------------------------------------------------------------------
-def body_limit(app, max_bytes: int):
-    """ASGI middleware: a request body over ``max_bytes`` gets 413 before anything reads it."""
-
-    async def middleware(scope, receive, send):
-        if scope["type"] != "http":
-            return await app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        too_big = JSONResponse({"detail": f"request body over this server's limit of {max_bytes} bytes"}, 413)
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            return await too_big(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:  # read it all (bounded), then replay it to the app
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            if size > max_bytes:
-                return await too_big(scope, receive, send)
-            more = msg.get("more_body", False)
-        body, replayed = b"".join(chunks), False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await app(scope, replay, send)
-
-    return middleware
+def check_turns(turns: list[Turn], limits: Limits, sample_rate: int, n_speakers: int) -> None:
+    """A request's context turns, checked without decoding anything: their number, texts, speakers and the
+    size of their audio (``wav.check_sizes``); 422 when over the limits."""
+    if len(turns) > limits.max_context_turns:
+        raise APIError(422, f"context has {len(turns)} turns; this server takes at most {limits.max_context_turns}")
+    for i, t in enumerate(turns):
+        check_text(t.text, limits, f"context[{i}].text")
+        if t.speaker >= n_speakers:
+            raise APIError(422, f"context[{i}].speaker {t.speaker}: the model knows speakers 0..{n_speakers - 1}")
+    check_sizes([t.audio for t in turns], limits.max_context_audio_s, sample_rate)
 
 
 def validation_message(errors: list[dict]) -> str:
@@ -108,24 +67,29 @@ def validation_message(errors: list[dict]) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:10])
 
 
+# --- the application ---------------------------------------------------------------------------
 def create_app(model: str | Path = REFERENCE_MODEL, codec: str | Path = REFERENCE_CODEC,
-               limits: Limits | None = None) -> FastAPI:
-    """The FastAPI app; its worker processes start with the app (uvicorn's lifespan) and stop with it."""
-    limits = limits or Limits()
+               limits: Limits | None = None, access: Access | None = None):
+    """The FastAPI app behind its ``guard``; its worker processes start with the app (uvicorn's lifespan)
+    and stop with it."""
+    limits, access = limits or Limits(), access or Access()
     model_meta, codec_meta = checkpoint.load_meta(model), checkpoint.load_meta(codec)
     sample_rate = int(codec_meta["config"]["sample_rate"])
     n_speakers = trained_speakers(model_meta)
     pool = Pool(str(model), str(codec), limits)
+    decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        await asyncio.get_running_loop().run_in_executor(None, pool.start)
+        await pool.start()
         yield
         pool.stop()
+        decoder.shutdown(cancel_futures=True)
 
     app = FastAPI(title="csm-workbook", version="0.1.0", lifespan=lifespan,
-                  description="CSM text-to-speech in context, from the csm-workbook reference model (chapter 11).")
-    app.state.pool, app.state.limits = pool, limits
+                  description="CSM text-to-speech in context, from the csm-workbook reference model (chapter 11). "
+                              "Every path but /health and the docs needs 'Authorization: Bearer <key>' when the "
+                              "server was started with API keys.")
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError):
@@ -141,14 +105,20 @@ def create_app(model: str | Path = REFERENCE_MODEL, codec: str | Path = REFERENC
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        alive = pool.alive()
-        body = {"status": "ok" if all(alive) else "worker died", "workers": len(alive), "workers_alive": sum(alive),
-                "streams": len(pool.jobs), "max_streams": limits.max_streams,
-                "conversations": len(pool.conversations), "sample_rate": sample_rate,
-                "speakers": n_speakers, "model": str(model), "limits": asdict(limits), "pids": pool.pids()}
-        return JSONResponse(body, 200 if all(alive) else 503)
+        """Liveness, for anyone: ``ok`` (200) when every worker is ready, else ``degraded`` (503)."""
+        ok = len(pool.ready()) == limits.workers
+        return JSONResponse({"status": "ok" if ok else "degraded"}, 200 if ok else 503)
+
+    @app.get("/status")
+    async def status(request: Request) -> dict:
+        """What the server runs and is doing (behind the API key: it names paths and process ids)."""
+        return {"status": "ok" if len(pool.ready()) == limits.workers else "degraded", "workers": limits.workers,
+                "workers_ready": len(pool.ready()), "pids": pool.pids(), "streams": len(pool.jobs),
+                "conversations": len(pool.conversations), "sample_rate": sample_rate, "speakers": n_speakers,
+                "model": str(model), "limits": asdict(limits), "client": request.state.client, **pool.stats}
 
     def request_dict(req: GenerateRequest) -> dict:
+        """The request for the worker, checked (its context audio is decoded after admission)."""
         check_text(req.text, limits, "text")
         if req.speaker >= n_speakers:
             raise APIError(422, f"speaker {req.speaker}: the model was trained with speakers 0..{n_speakers - 1}")
@@ -158,13 +128,11 @@ def create_app(model: str | Path = REFERENCE_MODEL, codec: str | Path = REFERENC
         if max_ms > limits.max_audio_length_ms:
             raise APIError(422, f"max_audio_length_ms {req.max_audio_length_ms:g}: this server makes at most "
                                 f"{limits.max_audio_length_ms:g} ms per reply")
-        if any(t.speaker >= n_speakers for t in req.context):
-            raise APIError(422, f"a context turn's speaker is not one the model knows (0..{n_speakers - 1})")
         if req.stream and fmt_of(req, None) == "json":
             raise APIError(422, "response_format json cannot be streamed: stream wav or pcm")
-        return {"text": req.text, "speaker": req.speaker, "context": context_turns(req.context, limits, sample_rate),
-                "conversation_id": req.conversation_id, "temperature": req.temperature, "topk": req.topk,
-                "seed": req.seed, "max_audio_length_ms": max_ms,
+        check_turns(req.context, limits, sample_rate, n_speakers)
+        return {"text": req.text, "speaker": req.speaker, "context": [], "conversation_id": req.conversation_id,
+                "temperature": req.temperature, "topk": req.topk, "seed": req.seed, "max_audio_length_ms": max_ms,
                 "chunk_frames": req.chunk_frames or limits.chunk_frames}
 
     def fmt_of(req: GenerateRequest, accept: str | None) -> str:
@@ -172,40 +140,57 @@ def create_app(model: str | Path = REFERENCE_MODEL, codec: str | Path = REFERENC
             return req.response_format
         return "json" if accept and "application/json" in accept and "audio/" not in accept else "wav"
 
+    async def decode_turns(turns: list[Turn]) -> list[tuple[int, str, np.ndarray]]:
+        """An admitted request's context audio, decoded in a thread (``wav.decode_wavs``): ``(speaker, text, audio)``
+        per turn."""
+        if not turns:
+            return []
+        audios = await asyncio.get_running_loop().run_in_executor(
+            decoder, decode_wavs, [t.audio for t in turns], sample_rate, limits.max_context_audio_s)
+        return [(t.speaker, t.text, a) for t, a in zip(turns, audios, strict=True)]
+
+    def release(job: Job, conv: KeptConversation | None, last: tuple | None = None) -> None:
+        """A job is over: its slot is freed, its conversation (if any) free again and up to date."""
+        pool.finish(job)
+        if conv is not None:
+            conv.busy, conv.last_used = False, time.monotonic()
+            if last is not None and last[0] == "done" and "turns" in last[2]:
+                conv.turns, conv.positions = last[2]["turns"], last[2]["positions"]
+
     @app.post("/generate", response_model=GenerateJSON,
               responses={200: {"content": {"audio/wav": {}, "audio/pcm": {}}, "description": "the reply's audio"},
+                         401: {"description": "missing or wrong API key"},
                          404: {"description": "unknown conversation"}, 409: {"description": "conversation busy"},
                          413: {"description": "body too large"}, 422: {"description": "invalid input"},
                          429: {"description": "too many generations in progress"},
-                         503: {"description": "out of time"}})
+                         503: {"description": "out of time, or no worker ready"}})
     async def generate(req: GenerateRequest, request: Request):
         """Speak ``text`` as ``speaker`` after the ``context`` turns (or the kept conversation)."""
         received = time.monotonic()
         fmt = fmt_of(req, request.headers.get("accept"))
         r = request_dict(req)
-        conv = None
-        if req.conversation_id is not None:
-            conv = pool.conversation(req.conversation_id)
-            if conv.busy:
-                raise APIError(409, f"conversation {req.conversation_id} is already generating a turn; "
-                                    f"wait for it to finish")
-        job = pool.submit(("generate", r), None if conv is None else conv.worker)
-        if conv is not None:
-            conv.busy = True
+        client = request.state.client
+        conv = None if req.conversation_id is None else pool.conversation(req.conversation_id, client)
+        if conv is not None and conv.busy:
+            raise APIError(409, f"conversation {req.conversation_id} is already generating a turn; "
+                                f"wait for it to finish")
+        job = pool.admit(client, None if conv is None else conv.worker)
         deadline = received + limits.request_timeout_s
         try:
+            if conv is not None:
+                conv.busy = True
+            r["context"] = await decode_turns(req.context)
+            pool.send(job, ("generate", r))
             first = await next_message(job, deadline, limits.request_timeout_s)
             if first[0] == "error":
-                raise APIError(first[2], first[3])
+                raise APIError(first[2], first[3], {"Retry-After": "5"} if first[2] == 503 else None)
         except BaseException:
-            pool.finish(job)
-            if conv is not None:
-                conv.busy, conv.last_used = False, time.monotonic()
+            release(job, conv)
             raise
         latency_ms = (time.monotonic() - received) * 1000
 
         async def chunks() -> AsyncIterator[tuple]:
-            """The job's messages from the first on; the job is finished however this ends."""
+            """The job's messages from the first on; the job is released however this ends."""
             msg = first
             try:
                 while True:
@@ -214,21 +199,22 @@ def create_app(model: str | Path = REFERENCE_MODEL, codec: str | Path = REFERENC
                         return
                     msg = await next_message(job, deadline, limits.request_timeout_s)
             finally:
-                pool.finish(job)
-                if conv is not None:
-                    conv.busy, conv.last_used = False, time.monotonic()
-                    if msg[0] == "done" and "turns" in msg[2]:
-                        conv.turns, conv.positions = msg[2]["turns"], msg[2]["positions"]
+                release(job, conv, msg)
 
         headers = {"X-Latency-Ms": f"{latency_ms:.1f}", "X-Sample-Rate": str(sample_rate)}
         if req.stream:
             async def body() -> AsyncIterator[bytes]:
+                """The chunks as they come; a stream that cannot finish is aborted (``StreamCut``), not ended."""
                 started = False
-                with contextlib.suppress(APIError):  # out of time mid-stream: the stream just ends
+                try:
                     async for msg in chunks():
+                        if msg[0] == "error":
+                            raise StreamCut(f"{msg[2]}: {msg[3]}")
                         if msg[0] == "chunk":
                             yield (b"" if started or fmt == "pcm" else wav_header(sample_rate)) + msg[2]
                             started = True
+                except APIError as e:  # out of time mid-stream
+                    raise StreamCut(f"{e.status}: {e.message}") from None
 
             return StreamingResponse(body(), media_type="audio/wav" if fmt == "wav" else "audio/pcm", headers=headers)
 
@@ -237,7 +223,7 @@ def create_app(model: str | Path = REFERENCE_MODEL, codec: str | Path = REFERENC
             if msg[0] == "chunk":
                 pcm.append(msg[2])
             elif msg[0] == "error":
-                raise APIError(msg[2], msg[3])
+                raise APIError(msg[2], msg[3], {"Retry-After": "5"} if msg[2] == 503 else None)
             else:
                 info = msg[2]
         total_ms = (time.monotonic() - received) * 1000
@@ -261,143 +247,42 @@ def create_app(model: str | Path = REFERENCE_MODEL, codec: str | Path = REFERENC
                                 idle_s=round(time.monotonic() - c.last_used, 1), busy=c.busy)
 
     @app.post("/conversations", response_model=ConversationInfo, status_code=201)
-    async def new_conversation(req: ConversationRequest):
-        """Start a conversation kept by the server, with its first turns (text and audio)."""
-        turns = context_turns(req.context, limits, sample_rate)
-        if any(s >= n_speakers for s, _, _ in turns):
-            raise APIError(422, f"a context turn's speaker is not one the model knows (0..{n_speakers - 1})")
-        cid = pool.new_conversation()
+    async def new_conversation(req: ConversationRequest, request: Request):
+        """Start a conversation kept by the server, with its first turns (text and audio); only the API key
+        that created it may use, read or delete it."""
+        check_turns(req.context, limits, sample_rate, n_speakers)
+        client = request.state.client
+        cid = pool.new_conversation(client)
         c = pool.conversations[cid]
-        if turns:
-            job = pool.submit(("add", cid, turns), c.worker)
-            c.busy = True
+        if req.context:
             try:
-                msg = await next_message(job, time.monotonic() + limits.request_timeout_s, limits.request_timeout_s)
-            finally:
-                pool.finish(job)
-                c.busy, c.last_used = False, time.monotonic()
-            if msg[0] == "error":
-                pool.drop_conversation(cid)
-                raise APIError(msg[2], msg[3])
-            c.turns, c.positions = msg[2]["turns"], msg[2]["positions"]
+                job, msg = pool.admit(client, c.worker), None
+                c.busy = True
+                try:
+                    turns = await decode_turns(req.context)
+                    pool.send(job, ("add", cid, turns))
+                    msg = await next_message(job, time.monotonic() + limits.request_timeout_s,
+                                             limits.request_timeout_s)
+                finally:
+                    release(job, c, msg)
+                if msg[0] == "error":
+                    raise APIError(msg[2], msg[3])
+            except BaseException:
+                if cid in pool.conversations:
+                    pool.drop_conversation(cid)
+                raise
         return info(cid, c)
 
     @app.get("/conversations/{cid}", response_model=ConversationInfo)
-    async def get_conversation(cid: str):
-        return info(cid, pool.conversation(cid))
+    async def get_conversation(cid: str, request: Request):
+        return info(cid, pool.conversation(cid, request.state.client))
 
     @app.delete("/conversations/{cid}", status_code=204)
-    async def delete_conversation(cid: str):
-        c = pool.conversation(cid)
+    async def delete_conversation(cid: str, request: Request):
+        c = pool.conversation(cid, request.state.client)
         if c.busy:
             raise APIError(409, f"conversation {cid} is generating a turn; delete it when that ends")
         pool.drop_conversation(cid)
         return Response(status_code=204)
 
-    return body_limit(app, limits.max_body_bytes) if limits.max_body_bytes else app
-
-
-# --- running it ---------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m csm_lib.serve",
-                                description="Serve the CSM over HTTP (FastAPI + uvicorn).")
-    p.add_argument("--model", default=str(REFERENCE_MODEL))
-    p.add_argument("--codec", default=str(REFERENCE_CODEC))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    for name, default in asdict(Limits()).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
-    a = parse_args(argv)
-    limits = Limits(**{k: getattr(a, k) for k in asdict(Limits())})
-    app = create_app(a.model, a.codec, limits)
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m csm_lib.serve`` in a subprocess on a free port of 127.0.0.1 (tests, benchmarks, chapter 11).
-
-    >>> with Server(workers=1, max_streams=2) as server:
-    ...     httpx.post(server.url + "/generate", json={"text": "hello"})
-    """
-
-    def __init__(self, log: str | Path | None = None, **limits):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        flags = [f"--{k.replace('_', '-')}={v}" for k, v in limits.items()]
-        self.log = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed in stop)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "csm_lib.serve", f"--port={self.port}", *flags],
-                                     cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        atexit.register(self.stop)  # no server left running when the notebook's kernel or the tests end
-
-    def wait(self, timeout: float = 180) -> Server:
-        """Wait for ``/health`` to answer 200 (the workers have loaded the model)."""
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with code {self.proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.2)
-        raise TimeoutError(f"the server did not answer /health within {timeout} s")
-
-    def health(self) -> dict:
-        import httpx
-
-        return httpx.get(self.url + "/health", timeout=10).json()
-
-    def rss_mb(self) -> float:
-        """Resident memory of the server and its workers together, MB (Linux /proc)."""
-        pids = [self.proc.pid, *self.health()["pids"]]
-        total = 0
-        for pid in pids:
-            with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        return total / 1024
-
-    def cpu_seconds(self) -> dict:
-        """CPU time (user + system, s) used so far by the server's main process and by its workers together."""
-        tick = os.sysconf("SC_CLK_TCK")
-
-        def cpu(pid: int) -> float:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-
-        return {"main": cpu(self.proc.pid), "workers": sum(cpu(p) for p in self.health()["pids"])}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.log is not subprocess.DEVNULL:
-            self.log.close()
-
-    def __enter__(self) -> Server:
-        return self.wait()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-if __name__ == "__main__":
-    main()
+    return guard(app, limits, access, pool.stats)

@@ -8,7 +8,7 @@ checks them with a message that says what was wrong.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,23 +23,50 @@ AUDIO_MS_CEILING = 60_000  # max_audio_length_ms
 SEED_CEILING = 2**63 - 1
 
 
+def limit(default: float, bounds: str, answer: str):
+    """A field of ``Limits``: its default, what it bounds and the answer past it (``--help``, the README,
+    chapter 11's table)."""
+    return field(default=default, metadata={"bounds": bounds, "answer": answer})
+
+
 @dataclass
 class Limits:
-    """What one server accepts. Each limit is a CLI flag of ``python -m csm_lib.serve``."""
+    """What one server accepts. Each limit is a CLI flag of ``python -m csm_lib.serve`` (``--max-text-chars``).
 
-    max_text_chars: int = 400  # one turn's text
-    max_context_turns: int = 8  # per request
-    max_context_audio_s: float = 60.0  # all context audio of a request together
-    max_audio_length_ms: float = 20_000  # the longest reply one may ask for
-    max_body_bytes: int = 16 * 2**20  # the HTTP body (base64 WAVs are most of it)
-    max_streams: int = 8  # generations in progress at once; one more gets 429
-    max_conversations: int = 32  # kept server-side at once; one more gets 429
-    conversation_idle_s: float = 600.0  # a conversation unused this long is dropped
-    request_timeout_s: float = 60.0  # from admission to the last chunk
-    workers: int = 2  # worker processes (one per core)
-    threads: int = 1  # torch threads per worker
-    chunk_frames: int = 4  # default frames per chunk after the first
-    batch: int = 1  # 1: draw the frames of a worker's streams together (continuous batching); 0: one by one
+    A request meets them in this order, each before the work it bounds: the connection (count, header
+    and body time, sizes), the fields (lengths), the client's and the server's quotas (admission), then
+    the context audio's headers, and only then decoding and generation.
+    """
+
+    # connections (uvicorn and serve/guard.py), before any request is read
+    max_connections: int = limit(32, "open HTTP connections", "503 + Retry-After, then closed")
+    header_timeout_s: float = limit(10.0, "to send a request's headers, from connecting or the last reply",
+                                    "408, then closed")
+    body_timeout_s: float = limit(30.0, "to send the whole body, once the headers are in", "408, then closed")
+    keep_alive_s: float = limit(5.0, "an idle connection between requests", "closed")
+    max_header_bytes: int = limit(16 * 2**10, "request line and headers", "400, then closed")
+    max_body_bytes: int = limit(8 * 2**20, "the HTTP body (base64 WAVs are most of it)", "413")
+    # the fields of a request, checked before it is admitted
+    max_text_chars: int = limit(400, "one turn's text", "422")
+    max_context_turns: int = limit(8, "context turns of one request", "422")
+    max_context_audio_s: float = limit(60.0, "all context audio of a request together (read from the WAV "
+                                       "headers before decoding)", "422")
+    max_audio_length_ms: float = limit(20_000, "the longest reply one may ask for", "422")
+    # admission: generations and kept conversations, for the server and for each client (API key)
+    max_streams: int = limit(8, "generations in progress at once", "429 + Retry-After")
+    max_streams_per_client: int = limit(4, "generations in progress at once, per client", "429 + Retry-After")
+    max_conversations: int = limit(32, "conversations kept server-side", "429 + Retry-After")
+    max_conversations_per_client: int = limit(8, "conversations kept server-side, per client",
+                                              "429 + Retry-After")
+    conversation_idle_s: float = limit(600.0, "a kept conversation unused this long is dropped", "404 after")
+    request_timeout_s: float = limit(60.0, "from admission to the last chunk",
+                                     "503 + Retry-After; a stream already started is aborted")
+    # the workers
+    workers: int = limit(2, "worker processes (one per core); a dead one is replaced", "")
+    threads: int = limit(1, "torch threads per worker", "")
+    chunk_frames: int = limit(4, "default 80 ms frames per chunk after the first", "")
+    batch: int = limit(1, "1: draw the frames of a worker's streams together (continuous batching); 0: one by one",
+                       "")
 
 
 # --- the API: what a request may contain -------------------------------------------------------

@@ -1,9 +1,10 @@
 """The server's worker processes and the main process's side of them (chapter 11).
 
 A worker (``worker_main``) loads the model and serves its streams round by round, one frame of every
-stream per round (continuous batching); the main process's ``Pool`` starts the workers, admits jobs
-(429 over ``max_streams``), routes each worker's messages to the asyncio queue of their job, and
-keeps the bookkeeping of conversations kept server-side (each pinned to one worker).
+stream per round (continuous batching); the main process's ``Pool`` starts the workers (and replaces
+one that dies), admits jobs (429 over ``max_streams``, or over a client's ``max_streams_per_client``),
+routes each worker's messages to the asyncio queue of their job, and keeps the bookkeeping of
+conversations kept server-side (each owned by the client that created it, pinned to one worker).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import traceback
 import uuid
 import warnings
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 
 from csm_lib.serve.schema import APIError, Limits
 from csm_lib.serve.wav import pcm16
@@ -44,7 +46,7 @@ class Stream:
     warnings: list = field(default_factory=list)
 
 
-def worker_main(index: int, model: str, codec: str, threads: int, inbox: mp.Queue, outbox: mp.Queue,
+def worker_main(index: int, model: str, codec: str, threads: int, inbox: mp.Queue, outbox: Connection,
                 batch: bool = True) -> None:
     """A worker process: loads the model, then serves its ``inbox`` until told to stop.
 
@@ -70,7 +72,7 @@ def worker_main(index: int, model: str, codec: str, threads: int, inbox: mp.Queu
     fast = gen.fast
     streams: list[Stream] = []
     conversations: dict[str, Conversation] = {}
-    outbox.put(("ready", index, os.getpid()))
+    outbox.send(("ready", index, os.getpid()))
 
     def segments(turns) -> list[Segment]:
         return [Segment(s, t, torch.from_numpy(a), gen.sample_rate) for s, t, a in turns]
@@ -103,7 +105,7 @@ def worker_main(index: int, model: str, codec: str, threads: int, inbox: mp.Queu
         if final and (parts or s.sent_first):
             parts.append(s.decoder.flush()[0])
         if parts:
-            outbox.put(("chunk", s.job, pcm16(torch.cat(parts).numpy())))
+            outbox.send(("chunk", s.job, pcm16(torch.cat(parts).numpy())))
             s.sent_first = True
 
     def finish(s: Stream, ended_by_model: bool) -> None:
@@ -112,7 +114,7 @@ def worker_main(index: int, model: str, codec: str, threads: int, inbox: mp.Queu
         if s.conversation is not None:
             s.conversation.end_turn(s.turn, s.generated)
             info |= {"turns": len(s.conversation.turns), "positions": s.conversation.positions}
-        outbox.put(("done", s.job, info))
+        outbox.send(("done", s.job, info))
 
     def draw(batch: list[Stream]) -> list[Stream]:
         """The next frame of every stream in ``batch`` at once -> the streams that go on."""
@@ -139,7 +141,7 @@ def worker_main(index: int, model: str, codec: str, threads: int, inbox: mp.Queu
         if status == 500:
             traceback.print_exc()
         for job in jobs:
-            outbox.put(("error", job, status, str(e) if status == 422 else f"{type(e).__name__}: {e}"))
+            outbox.send(("error", job, status, str(e) if status == 422 else f"{type(e).__name__}: {e}"))
 
     def handle(msg: tuple) -> bool:
         kind = msg[0]
@@ -161,7 +163,7 @@ def worker_main(index: int, model: str, codec: str, threads: int, inbox: mp.Queu
             try:
                 for seg in segments(turns):
                     conv.add(seg)
-                outbox.put(("done", job, {"turns": len(conv.turns), "positions": conv.positions}))
+                outbox.send(("done", job, {"turns": len(conv.turns), "positions": conv.positions}))
             except Exception as e:
                 fail([job], e)
         elif kind == "cancel":
@@ -199,17 +201,34 @@ def worker_main(index: int, model: str, codec: str, threads: int, inbox: mp.Queu
 
 
 # --- the main process: workers, jobs, conversations --------------------------------------------
-class Job:
-    """A request being served: the asyncio queue its worker's messages arrive on."""
+@dataclass
+class Worker:
+    """The main process's handle on one worker process: its inbox (a queue) and its outbox (a pipe)."""
 
-    def __init__(self, worker: int, loop: asyncio.AbstractEventLoop):
-        self.id, self.worker, self.loop = uuid.uuid4().hex, worker, loop
-        self.messages: asyncio.Queue = asyncio.Queue()
-        self.finished = False
+    index: int
+    process: mp.Process
+    inbox: mp.Queue
+    outbox: Connection  # the reading end; the worker holds the only writing end, so EOF means it has exited
+    pid: int | None = None  # set when it has loaded the model ("ready")
+    dead: bool = False
+
+
+@dataclass
+class Job:
+    """A request being served: its client, its worker, and the asyncio queue its worker's messages arrive on."""
+
+    client: str
+    worker: Worker
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    messages: asyncio.Queue = field(default_factory=asyncio.Queue)
+    sent: bool = False  # its message went to the worker
+    answered: bool = False  # the worker sent "done" or "error": it has forgotten the job
+    finished: bool = False
 
 
 @dataclass
 class KeptConversation:
+    owner: str  # the client that created it: only it may use, read or delete it
     worker: int
     turns: int = 0
     positions: int = 0
@@ -218,80 +237,140 @@ class KeptConversation:
 
 
 class Pool:
-    """The worker processes and the bookkeeping of jobs and kept conversations (main process)."""
+    """The worker processes and the bookkeeping of jobs and kept conversations (main process).
+
+    Everything here runs on the event loop's thread but ``_route``, a thread that reads the workers'
+    outboxes and hands each message, and each worker's exit, to the loop. A worker that exits is
+    replaced: its jobs are answered 503, its conversations are gone (they lived in its memory). Each
+    worker has its own inbox and outbox, so one killed while writing corrupts nothing the others use.
+    """
 
     def __init__(self, model: str, codec: str, limits: Limits):
         self.model, self.codec, self.limits = model, codec, limits
-        ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-        self.outbox = ctx.Queue()
-        self.inboxes = [ctx.Queue() for _ in range(limits.workers)]
-        self.procs = [ctx.Process(target=worker_main, daemon=True,
-                                  args=(i, model, codec, limits.threads, self.inboxes[i], self.outbox,
-                                        bool(limits.batch)))
-                      for i in range(limits.workers)]
+        self.ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+        self.workers: list[Worker] = []
         self.jobs: dict[str, Job] = {}
         self.conversations: dict[str, KeptConversation] = {}
-        self.ready: dict[int, int] = {}  # worker -> pid
-        self.lock = threading.Lock()
+        self.stats = {"restarts": 0, "abandoned": 0}  # workers replaced; jobs ended before their worker answered
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.started = self.stopping = False
 
-    def start(self, timeout: float = 300) -> None:
-        for p in self.procs:
-            p.start()
+    def _spawn(self, index: int) -> Worker:
+        inbox, (reader, writer) = self.ctx.Queue(), self.ctx.Pipe(duplex=False)
+        p = self.ctx.Process(target=worker_main, daemon=True, args=(index, self.model, self.codec, self.limits.threads,
+                                                                    inbox, writer, bool(self.limits.batch)))
+        p.start()
+        writer.close()
+        return Worker(index, p, inbox, reader)
+
+    async def start(self, timeout: float = 300) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.workers = [self._spawn(i) for i in range(self.limits.workers)]
         threading.Thread(target=self._route, daemon=True).start()
         deadline = time.monotonic() + timeout
-        while len(self.ready) < len(self.procs):
-            if any(not p.is_alive() for p in self.procs) or time.monotonic() > deadline:
+        while not all(w.pid for w in self.workers):
+            if any(w.dead for w in self.workers) or time.monotonic() > deadline:
                 raise RuntimeError("a worker process failed to load the model (see its output above)")
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
+        self.started = True
 
     def stop(self) -> None:
-        for q in self.inboxes:
-            q.put(("stop",))
-        for p in self.procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
+        self.stopping = True
+        for w in self.workers:
+            if not w.dead:
+                w.inbox.put(("stop",))
+        for w in self.workers:
+            w.process.join(timeout=5)
+            if w.process.is_alive():
+                w.process.kill()
 
     def _route(self) -> None:
-        """Thread: worker messages -> the asyncio queue of their job."""
-        while True:
-            msg = self.outbox.get()
-            if msg[0] == "ready":
-                self.ready[msg[1]] = msg[2]
-                continue
-            job = self.jobs.get(msg[1])
-            if job is not None:
-                job.loop.call_soon_threadsafe(job.messages.put_nowait, msg)
+        """Thread: each worker's messages -> the loop (``_deliver``); a closed outbox -> ``_worker_exited``."""
+        while not self.stopping:
+            live = {w.outbox: w for w in list(self.workers) if not w.outbox.closed}
+            for conn in wait(list(live), timeout=0.2):
+                try:
+                    msg = conn.recv()
+                except Exception:  # EOF (or half a message): the process has exited
+                    conn.close()
+                    self.loop.call_soon_threadsafe(self._worker_exited, live[conn])
+                    continue
+                self.loop.call_soon_threadsafe(self._deliver, live[conn], msg)
 
-    def alive(self) -> list[bool]:
-        return [p.is_alive() for p in self.procs]
+    def _deliver(self, worker: Worker, msg: tuple) -> None:
+        if msg[0] == "ready":
+            worker.pid = msg[2]
+            return
+        job = self.jobs.get(msg[1])
+        if job is not None:
+            job.answered = job.answered or msg[0] in ("done", "error")
+            job.messages.put_nowait(msg)
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+    def _worker_exited(self, w: Worker) -> None:
+        """Answer the dead worker's jobs with an error, forget its conversations, start its replacement."""
+        w.dead = True
+        if w.process.is_alive():  # its pipe broke, yet it runs: it cannot be talked to
+            w.process.kill()
+        w.process.join(timeout=1)
+        w.inbox.cancel_join_thread()
+        w.inbox.close()
+        if self.stopping:
+            return
+        how = f"killed by signal {-w.process.exitcode}" if (w.process.exitcode or 0) < 0 else "exited"
+        for job in [j for j in self.jobs.values() if j.worker is w]:
+            job.messages.put_nowait(("error", job.id, 503, f"the worker serving this request {how}; a new one is "
+                                                           f"starting: retry in a few seconds"))
+        for cid in [cid for cid, c in self.conversations.items() if c.worker == w.index]:
+            del self.conversations[cid]
+        if self.started:
+            self.stats["restarts"] += 1
+            # one that never became ready (a broken model?) is not retried at once, again and again
+            self.loop.call_later(0 if w.pid else 5, self._replace, w.index)
 
-    def submit(self, message: tuple, worker: int | None = None) -> Job:
-        """Admit a job (429 when ``max_streams`` are in progress) and send it to a worker."""
-        with self.lock:
-            if len(self.jobs) >= self.limits.max_streams:
-                raise APIError(429, f"{len(self.jobs)} generations in progress, the limit of this server: "
-                                    f"retry in a moment", {"Retry-After": "1"})
-            if worker is None:  # the worker with the fewest jobs
-                load = [sum(j.worker == w for j in self.jobs.values()) for w in range(len(self.procs))]
-                worker = load.index(min(load))
-            if not self.procs[worker].is_alive():
-                raise APIError(503, f"worker {worker} has died; restart the server")
-            job = Job(worker, asyncio.get_running_loop())
-            self.jobs[job.id] = job
-        self.inboxes[worker].put((message[0], job.id, *message[1:]))
+    def _replace(self, index: int) -> None:
+        if not self.stopping:
+            self.workers[index] = self._spawn(index)
+
+    def ready(self) -> list[Worker]:
+        return [w for w in self.workers if w.pid and not w.dead]
+
+    def pids(self) -> list[int | None]:
+        return [w.pid for w in self.workers]
+
+    def admit(self, client: str, worker: int | None = None) -> Job:
+        """Admit a job of ``client`` (429 over ``max_streams`` or its ``max_streams_per_client``) on a ready
+        worker: ``worker``, or the one with the fewest jobs (503 when none is ready)."""
+        busy, mine = len(self.jobs), sum(j.client == client for j in self.jobs.values())
+        if busy >= self.limits.max_streams:
+            raise APIError(429, f"{busy} generations in progress, the limit of this server: retry in a moment",
+                           {"Retry-After": "1"})
+        if mine >= self.limits.max_streams_per_client:
+            raise APIError(429, f"this client has {mine} generations in progress, its limit on this server: "
+                                f"retry when one has ended", {"Retry-After": "1"})
+        ready = [w for w in self.ready() if worker is None or w.index == worker]
+        if not ready:
+            raise APIError(503, "no worker is ready to serve this (one is starting after a failure): retry in a "
+                                "few seconds", {"Retry-After": "5"})
+        job = Job(client, min(ready, key=lambda w: sum(j.worker is w for j in self.jobs.values())))
+        self.jobs[job.id] = job
         return job
+
+    def send(self, job: Job, message: tuple) -> None:
+        """Send an admitted job's message (``("generate", request)``, ``("add", conversation, turns)``); not if its
+        worker died meanwhile (the job's queue already holds the error that says so)."""
+        if not job.worker.dead:
+            job.worker.inbox.put((message[0], job.id, *message[1:]))
+            job.sent = True
 
     def finish(self, job: Job) -> None:
         """The job is over (done, failed, timed out, or the client left): the worker forgets it."""
         if not job.finished:
             job.finished = True
-            self.inboxes[job.worker].put(("cancel", job.id))
-            with self.lock:
-                self.jobs.pop(job.id, None)
+            if job.sent and not job.answered:  # still being worked on: stop it
+                self.stats["abandoned"] += 1
+                if not job.worker.dead:
+                    job.worker.inbox.put(("cancel", job.id))
+            self.jobs.pop(job.id, None)
 
     # kept conversations
     def expire_conversations(self) -> None:
@@ -300,27 +379,44 @@ class Pool:
             if not c.busy and now - c.last_used > self.limits.conversation_idle_s:
                 self.drop_conversation(cid)
 
-    def new_conversation(self) -> str:
+    def new_conversation(self, owner: str) -> str:
         self.expire_conversations()
-        if len(self.conversations) >= self.limits.max_conversations:
-            raise APIError(429, f"{len(self.conversations)} conversations are kept, the limit of this server: "
-                                f"delete one (DELETE /conversations/{{id}}) or wait "
-                                f"{self.limits.conversation_idle_s:g} s for idle ones to expire", {"Retry-After": "5"})
-        load = [sum(c.worker == w for c in self.conversations.values()) for w in range(len(self.procs))]
+        kept, mine = len(self.conversations), sum(c.owner == owner for c in self.conversations.values())
+        wait_s = f"{self.limits.conversation_idle_s:g} s"
+        if kept >= self.limits.max_conversations:
+            raise APIError(429, f"{kept} conversations are kept, the limit of this server: delete one (DELETE "
+                                f"/conversations/{{id}}) or wait {wait_s} for idle ones to expire",
+                           {"Retry-After": "5"})
+        if mine >= self.limits.max_conversations_per_client:
+            raise APIError(429, f"this client keeps {mine} conversations, its limit on this server: delete one "
+                                f"(DELETE /conversations/{{id}}) or wait {wait_s} for idle ones to expire",
+                           {"Retry-After": "5"})
+        ready = self.ready()
+        if not ready:
+            raise APIError(503, "no worker is ready (one is starting after a failure): retry in a few seconds",
+                           {"Retry-After": "5"})
+        load = {w.index: sum(c.worker == w.index for c in self.conversations.values()) for w in ready}
         cid = uuid.uuid4().hex
-        self.conversations[cid] = KeptConversation(worker=load.index(min(load)))
+        self.conversations[cid] = KeptConversation(owner, min(load, key=load.get))
         return cid
 
-    def conversation(self, cid: str) -> KeptConversation:
+    def conversation(self, cid: str, owner: str) -> KeptConversation:
+        """The kept conversation ``cid`` of ``owner`` (its use keeps it alive); 404 for anyone else's."""
         self.expire_conversations()
-        if cid not in self.conversations:
-            raise APIError(404, f"no conversation {cid!r} on this server (never created, deleted, or idle for more "
-                                f"than {self.limits.conversation_idle_s:g} s): create one with POST /conversations")
-        return self.conversations[cid]
+        c = self.conversations.get(cid)
+        if c is None or c.owner != owner:
+            raise APIError(404, f"no conversation {cid!r} for this client on this server (never created, created "
+                                f"with another API key, deleted, idle for more than "
+                                f"{self.limits.conversation_idle_s:g} s, or lost with a worker that stopped): "
+                                f"create one with POST /conversations")
+        c.last_used = time.monotonic()
+        return c
 
     def drop_conversation(self, cid: str) -> None:
         c = self.conversations.pop(cid)
-        self.inboxes[c.worker].put(("drop", cid))
+        w = self.workers[c.worker]
+        if not w.dead:
+            w.inbox.put(("drop", cid))
 
 
 async def next_message(job: Job, deadline: float, timeout_s: float) -> tuple:
@@ -329,4 +425,5 @@ async def next_message(job: Job, deadline: float, timeout_s: float) -> tuple:
         return await asyncio.wait_for(job.messages.get(), max(deadline - time.monotonic(), 0.001))
     except TimeoutError:
         raise APIError(503, f"the request took longer than this server's timeout of {timeout_s:g} s "
-                            f"(ask for shorter audio, or retry when the server is less busy)") from None
+                            f"(ask for shorter audio, or retry when the server is less busy)",
+                       {"Retry-After": "5"}) from None
