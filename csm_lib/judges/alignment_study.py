@@ -13,9 +13,12 @@ differs (``ARMS``):
 
 Each arm is judged on the same held-out test turns with context (``evaluate.evaluate_model``: WER
 and CER with 95% intervals, SIM), by its codebook-0 loss on validation windows with the text intact
-and scrambled (how much it reads), and the base and regroup arms also in the four context layouts
-(``evaluate.LAYOUTS``). Resumable: a trained arm is not trained again, a judged one not judged again
-(``runs/alignment_study/<arm>/``). ``python -m csm_lib.judges.alignment_study [--steps=300] [--turns=40]``
+and scrambled (how much it reads), and the base and regroup arms also in three context layouts
+(``evaluate.LAYOUTS``: as in the corpus, the speaker's own turn last, alone; on ``LAYOUT_TURNS`` turns).
+Resumable over sittings: an arm's finished result is written to ``results/alignment_study/<arm>.json``
+(committed, small: its judgement, attention, one turn heard) and is not made again while the reference
+and the recipe are the same; an unfinished arm resumes from ``runs/alignment_study/<arm>/``.
+``python -m csm_lib.judges.alignment_study [--steps=300] [--turns=40]``
 writes ``results/alignment_study.json`` (``make alignment-study``).
 
 Explained in chapter 07 (``notebooks/07_training.ipynb``, section 6.5).
@@ -44,6 +47,8 @@ ROOT = Path("runs/alignment_study")
 SINGLES = ("phone", "ctc", "guided")
 ARMS = ("base", *SINGLES, "pair", "regroup")
 HOURS = 20.0  # the study's corpus: the reference's first-stage corpus, whose test turns make model-eval judges
+LAYOUT_TURNS = 16  # held-out turns judged again in the layouts where the voice may follow turn order
+STUDY_LAYOUTS = ("corpus", "own_last", "own_only")
 
 
 def arm_config(arm: str, steps: int, pair: str = "", hours: float = HOURS, lr: float = 5e-4,
@@ -70,19 +75,20 @@ def trained(cfg: TrainConfig) -> Path:
 
 
 def judged(arm: str, model_path: Path, turns: int, layouts: bool) -> dict:
-    """The arm's held-out judgement (cached beside its model)."""
-    cache = model_path.parent / f"judged-{turns}{'-layouts' if layouts else ''}.json"
-    fp = checkpoint.fingerprint(model_path)
-    if cache.exists() and json.loads(cache.read_text())["fingerprint"] == fp:
-        return json.loads(cache.read_text())
+    """The arm's held-out judgement: ``turns`` test turns with context; with ``layouts``, the first
+    ``LAYOUT_TURNS`` of them again in ``STUDY_LAYOUTS``."""
     model, meta = load_model(model_path)
     t, tok = evaluate.trained_with(meta), evaluate.model_tokenizer(model_path)
     sweep = json.loads(Path("results/temperature_sweep.json").read_text())["chosen"]
     result = evaluate.evaluate_model(model, t, turns, temperature=sweep, tokenizer=tok, without_context=False,
-                                     layouts=evaluate.LAYOUTS if layouts else (), style=False)
+                                     style=False)
+    if layouts:
+        result["layouts"] = evaluate.evaluate_model(model, t, LAYOUT_TURNS, temperature=sweep, tokenizer=tok,
+                                                    without_context=False, layouts=STUDY_LAYOUTS,
+                                                    style=False)["layouts"]
     _, valid_w = evaluate.training_windows(t, tok)
     idx = list(range(min(64, len(valid_w))))
-    out = {"arm": arm, "fingerprint": fp, "measured_with": checkpoint.model_record(model_path),
+    out = {"arm": arm, "measured_with": checkpoint.model_record(model_path),
            "align": t["align"], "regroup": t["regroup"], "steps": meta["steps"],
            "wall_time_s": meta["wall_time_s"], "evals": meta["evals"],
            "curve": [{k: r.get(k) for k in ("step", "c0_loss", "decoder_loss", *(f"{x}_loss" for x in SINGLES))}
@@ -91,17 +97,12 @@ def judged(arm: str, model_path: Path, turns: int, layouts: bool) -> dict:
                      "valid_text_scrambled": evaluate.loss_by_turn_position(model, valid_w, idx, scramble_text=True)},
            "test": {k: result[k] for k in ("corpus", "turns", "settings", "ground_truth", "with_context",
                                            "layouts", "overlap_with_train") if k in result}}
-    cache.write_text(json.dumps(out, indent=1) + "\n")
     return out
 
 
-def attention_alignment(model_path: Path, cache_dir: Path, n_windows: int = 16) -> dict:
+def attention_alignment(model_path: Path, n_windows: int = 16) -> dict:
     """How well each backbone head reads along: ``alignment.aligned_mass`` of every layer and head on the
-    first ``n_windows`` validation windows (the corpus's alignments), and the best head (cached in ``cache_dir``)."""
-    cache = cache_dir / f"attention-{n_windows}.json"
-    fp = checkpoint.fingerprint(model_path)
-    if cache.exists() and json.loads(cache.read_text())["fingerprint"] == fp:
-        return json.loads(cache.read_text())
+    first ``n_windows`` validation windows (the corpus's alignments), and the best head."""
     model, meta = load_model(model_path)
     t, tok = evaluate.trained_with(meta, hours=HOURS), evaluate.model_tokenizer(model_path)
     folder = evaluate.corpus_folder(t)
@@ -114,11 +115,8 @@ def attention_alignment(model_path: Path, cache_dir: Path, n_windows: int = 16) 
             mass.append(torch.stack([aligned_mass(p, align, mask) for p in attention_maps(model, frames, mask)]))
     by_head = torch.stack(mass).mean(0)  # (L, H)
     layer, head = divmod(int(by_head.argmax()), by_head.shape[1])
-    out = {"fingerprint": fp, "windows": n_windows, "by_layer_head": by_head.round(decimals=4).tolist(),
-           "best": {"layer": layer, "head": head, "mass": round(float(by_head.max()), 4)}}
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(out, indent=1) + "\n")
-    return out
+    return {"windows": n_windows, "by_layer_head": by_head.round(decimals=4).tolist(),
+            "best": {"layer": layer, "head": head, "mass": round(float(by_head.max()), 4)}}
 
 
 def heard_turn(model_path: Path, name: str, head: dict, out_dir: Path, seed: int = 0) -> dict:
@@ -150,7 +148,7 @@ def heard_turn(model_path: Path, name: str, head: dict, out_dir: Path, seed: int
             "aligned": (turns[-1].align[n_text:] if turns[-1].align is not None else torch.empty(0)).tolist(),
             "layer": head["layer"], "head": head["head"], "attention": attention.round(decimals=3).tolist(),
             "wav": f"{out_dir.name}/{name}.wav", "seconds": round(len(wav) / gen.sample_rate, 2),
-            "ground_truth_wav": row["wav"]}
+            "ground_truth_wav": Path(row["wav"]).name}
 
 
 def paired_wer_difference(arm: dict, base: dict) -> dict:
@@ -171,34 +169,63 @@ def best_pair(arms: dict[str, dict]) -> str:
     return "+".join(sorted(ranked[:2], key=SINGLES.index))
 
 
+def finished(name: str, make, results: Path, recipe: dict) -> dict:
+    """``results/<name>.json`` if it was made from this reference and recipe, else ``make()`` written there."""
+    path = results / f"{name}.json"
+    reference = checkpoint.fingerprint(REFERENCE)
+    if path.exists():
+        done = json.loads(path.read_text())
+        if done.get("reference_fingerprint") == reference and done.get("recipe") == recipe:
+            return done
+    out = make() | {"reference_fingerprint": reference, "recipe": recipe}
+    results.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(out, indent=1) + "\n"))
+    return out
+
+
+def arm_result(arm: str, cfg: TrainConfig, turns: int, samples: Path) -> dict:
+    """Train (or resume) one arm, judge it, read its attention, hear one turn."""
+    model = trained(cfg)
+    out = judged(arm, model, turns, layouts=arm in ("base", "regroup"))
+    out["attention"] = attention_alignment(model)
+    out["heard"] = heard_turn(model, arm, out["attention"]["best"], samples)
+    return out
+
+
 def study(steps: int = 300, turns: int = 40, out: str | Path = "results/alignment_study.json",
           threads: int = 2) -> dict:
-    """Train and judge every arm (module docstring); writes ``out``. ``threads``: torch's CPU threads while
-    training (the arms' results do not depend on it beyond float rounding)."""
+    """Train and judge every arm (module docstring); writes ``out`` once all are done. ``threads``: torch's
+    CPU threads (results do not depend on it beyond float rounding)."""
+    torch.set_num_threads(threads)
+    results, samples = Path(out).with_suffix(""), Path(out).parent / "alignment_samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    recipe = {k: v for k, v in vars(arm_config("base", steps)).items() if k in (
+        "hours", "corpus_seed", "steps", "schedule_start", "lr", "warmup", "batch", "max_len", "seed")} | {
+        "turns": turns, "layout_turns": LAYOUT_TURNS}
     arms: dict[str, dict] = {}
     for arm in ("base", *SINGLES):
-        arms[arm] = judged(arm, trained(arm_config(arm, steps, threads=threads)), turns, layouts=arm == "base")
+        cfg = arm_config(arm, steps, threads=threads)
+        arms[arm] = finished(arm, lambda a=arm, c=cfg: arm_result(a, c, turns, samples), results, recipe)
     pair = best_pair(arms)
-    arms["pair"] = judged("pair", trained(arm_config("pair", steps, pair, threads=threads)), turns, layouts=False)
-    arms["regroup"] = judged("regroup", trained(arm_config("regroup", steps, threads=threads)), turns, layouts=True)
+    for arm, cfg in (("pair", arm_config("pair", steps, pair, threads=threads)),
+                     ("regroup", arm_config("regroup", steps, threads=threads))):
+        arms[arm] = finished(arm, lambda a=arm, c=cfg: arm_result(a, c, turns, samples), results,
+                             recipe | ({"pair": pair} if arm == "pair" else {}))
     for arm in arms:
-        arms[arm]["attention"] = attention_alignment(ROOT / arm / "model.safetensors", ROOT / arm)
         arms[arm]["against_base"] = paired_wer_difference(arms[arm], arms["base"])
-    shipped = checkpoint.model_record(REFERENCE) | {"attention": attention_alignment(REFERENCE, ROOT / "reference")}
-    samples = Path(out).parent / "alignment_samples"
-    samples.mkdir(parents=True, exist_ok=True)
-    for arm in arms:
-        arms[arm]["heard"] = heard_turn(ROOT / arm / "model.safetensors", arm, arms[arm]["attention"]["best"], samples)
-    shipped["heard"] = heard_turn(REFERENCE, "reference", shipped["attention"]["best"], samples)
-    ground_truth = shipped["heard"].pop("ground_truth_wav")
-    A.save(samples / "ground_truth.wav", A.load(ground_truth)[0], A.SAMPLE_RATE)
-    for j in (*arms.values(), shipped):
-        j["heard"].pop("ground_truth_wav", None)
-    result = {"reference": shipped, "steps": steps, "turns": turns, "pair": pair,
-              "recipe": {k: v for k, v in vars(arm_config("base", steps)).items() if k in (
-                  "hours", "corpus_seed", "steps", "schedule_start", "lr", "warmup", "batch", "max_len", "seed")},
+
+    def reference() -> dict:
+        att = attention_alignment(REFERENCE)
+        return checkpoint.model_record(REFERENCE) | {"attention": att,
+                                                      "heard": heard_turn(REFERENCE, "reference", att["best"], samples)}
+
+    shipped = finished("reference", reference, results, recipe)
+    truth = next(r for r in data.load_manifest(evaluate.corpus_folder(arm_config("base", steps).__dict__))
+                 if Path(r["wav"]).name == shipped["heard"]["ground_truth_wav"])
+    A.save(samples / "ground_truth.wav", A.load(truth["wav"])[0], A.SAMPLE_RATE)
+    result = {"reference": shipped, "steps": steps, "turns": turns, "pair": pair, "recipe": recipe,
               "arms": arms, "provenance": checkpoint.provenance("csm_lib.judges.alignment_study", "cpu")}
-    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    checkpoint.atomic_write(Path(out), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
     return result
 
 
@@ -207,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=300, help="steps each arm trains beyond the reference")
     p.add_argument("--turns", type=int, default=40, help="held-out test turns each arm is judged on")
     p.add_argument("--out", default="results/alignment_study.json")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads while training")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     a = p.parse_args(argv)
     r = study(a.steps, a.turns, a.out, a.threads)
     for arm, j in r["arms"].items():
