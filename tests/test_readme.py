@@ -50,6 +50,11 @@ def up1(x: float) -> str:
     return f"{m}e{e}"
 
 
+def pts(x: float) -> str:
+    """A difference of rates in signed percentage points: -0.0241 -> '-2.4'."""
+    return f"{x * 100:+.1f}"
+
+
 def num(s: str) -> float:
     """A number as a notebook printed it ('1,187,584', '0.673')."""
     return float(s.replace(",", ""))
@@ -121,6 +126,7 @@ CK_3736 = "results/reference_3736_model.json"  # the reference's checkpoint JSON
 # results measured with the reference CSM: each says which (``measured_with``), or predates that record
 REFERENCE_RESULTS = ("results/reference_model.json", "results/inference.json", "results/latency_table.json",
                      "results/serving.json", "results/quality_table.json", "results/pronunciation.json")
+STUDY = "results/alignment_study.json"  # make alignment-study
 STAGES = "results/reference_stages.json"  # make model's two stages on the same windows (evaluate losses)
 REF_6000 = "results/reference_model_6000.json"  # make model-eval on the reference at the end of stage 1
 CK_6000 = "results/reference_6000_model.json"  # its checkpoint JSON
@@ -533,6 +539,28 @@ ENTRIES = [
     *[("| what the backbone reads", TI, ["models", k, "test", "with_context", "wer"], fmt)
       for k, fmt in (("bpe", "; {:.0%} /"), ("chars", "/ {:.0%} /"), ("phones", "/ {:.0%} (ground"))],
     ("| what the backbone reads", TI, ["models", "phones", "test", "ground_truth", "wer"], "(ground truth {:.0%})"),
+    # --- the alignment study (make alignment-study, chapter 07 section 6.5) ---
+    ("| alignment study:", STUDY, ["steps"], "for {} steps"),
+    ("| alignment study:", STUDY, ["recipe", "hours"], "on the {:g} h corpus"),
+    ("| alignment study:", STUDY, ["turns"], "on {} held-out turns"),
+    ("| alignment study:", STUDY, ["arms", "base", "test", "with_context", "wer"], "| {:.1%};"),
+    ("| alignment study:", STUDY, ["arms", "base", "test", "ground_truth", "wer"], "(ground truth {:.1%})"),
+    *[("| alignment study:", STUDY, (lambda d, a=arm: d["arms"][a]), lambda a: (
+        f"{a['test']['with_context']['wer']:.1%} ({pts(a['against_base']['wer_difference'])} "
+        f"[{pts(a['against_base']['wer_difference_ci95'][0])}, {pts(a['against_base']['wer_difference_ci95'][1])}])"))
+      for arm in ("phone", "ctc", "guided", "pair", "regroup")],
+    ("| alignment study:", STUDY, lambda d: all(lo <= 0 <= hi for lo, hi in (
+        a["against_base"]["wer_difference_ci95"] for a in d["arms"].values())),
+     lambda none: "no arm moved WER beyond its interval" if none else "?"),
+    ("| same study, whose voice", STUDY, ["recipe", "layout_turns"], "on {} held-out turns"),
+    *[("| same study, whose voice", STUDY, (lambda d, a=arm: d["arms"][a]["test"]["layouts"]), lambda lay: (
+        f"{lay['corpus']['sim']:.3f} / {lay['own_last']['sim']:.3f} / {lay['own_only']['sim']:.3f}"))
+      for arm in ("base", "regroup")],
+    ("| same study, attention", STUDY, lambda d: [max(layer) for layer in d["reference"]["attention"]["by_layer_head"]],
+     lambda m: "| " + " / ".join(f"{x:.2f}" for x in m) + ";"),
+    ("| same study, attention", STUDY, lambda d: max(d["arms"]["guided"]["attention"]["by_layer_head"][1]),
+     "; {:.2f} |"),
+    ("| same study, attention", "csm_lib/train.py", r"guided_layer: int = (\d+)", "layer {} after"),
     ("| reference CSM (", "checkpoints/csm_reference.json", ["parameters", "total"],
      lambda n: f"({n / 1e6:.1f} M parameters"),
     ("| reference CSM (", REF, ["turns"], "({} turns)"),

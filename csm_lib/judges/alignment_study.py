@@ -163,6 +163,22 @@ def paired_wer_difference(arm: dict, base: dict) -> dict:
             "wer_difference_ci95": metrics.bootstrap_ci(diff, len(n))}
 
 
+def verdict(arm: dict, steps: int) -> dict:
+    """What an arm's paired WER difference against ``base`` shows, computed from its result: ``{"verdict",
+    "evidence"}``. An arm moved WER only if the 95% interval of the difference excludes 0."""
+    d = arm["against_base"]
+    lo, hi = d["wer_difference_ci95"]
+    n = len(arm["test"]["with_context"]["per_turn"]["words"])
+    if hi < 0:
+        said = f"lowered WER by {-d['wer_difference']:.1%} (95% CI {-hi:.1%} to {-lo:.1%})"
+    elif lo > 0:
+        said = f"raised WER by {d['wer_difference']:.1%} (95% CI {lo:.1%} to {hi:.1%})"
+    else:
+        said = f"no change shown: {d['wer_difference']:+.1%}, 95% CI {lo:+.1%} to {hi:+.1%} spans 0"
+    return {"verdict": said, "evidence": f"measured here: {n} held-out turns with context, {steps} steps from "
+                                         "the reference, paired bootstrap over turns"}
+
+
 def best_pair(arms: dict[str, dict]) -> str:
     """The two single remedies with the lowest held-out WER with context, "+"-joined."""
     ranked = sorted(SINGLES, key=lambda a: arms[a]["test"]["with_context"]["wer"])
