@@ -320,7 +320,7 @@ class FastCSM(nn.Module):
         """``frame`` for B independent streams at once: row i of ``h`` (B, D) is sampled with its own
         ``settings[i]`` = (temperature, topk, generator) -> (B, K).
 
-        The audio decoder runs once for the B rows (continuous batching in ``serve.py``); only the
+        The audio decoder runs once for the B rows (continuous batching in ``serve/workers.py``); only the
         draws are per row. A row's codes equal ``frame`` on that row alone with the same generator
         whenever the batched matmuls round as the single-row ones (``tests/test_serve.py`` checks it here).
         """
