@@ -10,7 +10,7 @@ NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_san
 
 .PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs alignment-study budget-gpu results workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
-	baselines bench-latency serve bench-serve screenshot quality-judges seed-variants bench-quality bench-pronunciation
+	baselines bench-latency serve bench-serve screenshot model-stage3 model-ship quality-judges seed-variants bench-quality bench-pronunciation
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -73,6 +73,11 @@ codec-eval: setup
 ## the model to checkpoints/; run it again to go on, from runs/, or from the committed checkpoint when runs/ is gone
 ## (train.resolve_start; stage 2 starts from a finished stage 1, --after). The first sitting of a stage also builds
 ## its corpus (~10 min per 20 h) and codec tokens (~6 min per 20 h).
+## Stage 3 (runs/reference3 -> checkpoints/csm_stage3, not shipped until `make model-ship`): from stage 2's model, to
+## MODEL_FINAL_STEPS on the 40 h corpus with a fresh warm-up and cosine decay (lr 5e-4, the alignment study's) and a
+## quarter of the windows regrouped so a speaker may talk twice in a row (the corpus's turns always alternate, and the
+## voice followed turn order: chapter 07 section 6.5). No alignment loss: none moved held-out WER in the study.
+## Each sitting commits its model to checkpoints/csm_stage3 so the next one continues from it.
 ## Run nothing else meanwhile: two torch threads on two shared cores slow to a crawl when anything else runs.
 ## fp32, not bf16: whether bf16 autocast is faster depends on the CPU (results/training_knobs.json); fp32 reproduces on any.
 ## audio_dropout=0.5: on the template corpus, without it the model memorised its training turns
@@ -81,6 +86,9 @@ MODEL_STEPS ?= 6000
 MODEL_MORE_HOURS ?= 40
 MODEL_MORE_STEPS ?= 7800
 MODEL_MINUTES ?= 60
+MODEL_FINAL_STEPS ?= 10800
+MODEL_STAGE3 = --hours=$(MODEL_MORE_HOURS) --steps=$(MODEL_FINAL_STEPS) --schedule_start=$(MODEL_MORE_STEPS) \
+  --lr=5e-4 --warmup=100 --regroup=0.25
 MODEL_RECIPE = --preset=reference --text=wordnet --hours=20 --corpus_seed=3 --unseen_share=0.04 \
   --batch=8 --max_len=512 --steps=$(MODEL_STEPS) --lr=1.5e-3 --warmup=200 --amp=fp32 --decoder_fraction=0.25 \
   --audio_dropout=0.5 --eval_every=250 --judge_turns=0 --threads=2
@@ -98,6 +106,23 @@ model: setup
 	  --after=checkpoints/csm_reference.safetensors
 	for f in model.safetensors model.json model.tokenizer.json; do \
 	  cp runs/reference40/$$f checkpoints/csm_reference.$${f#model.}; done
+	$(MAKE) model-stage3
+
+## model-stage3: stage 3 alone (stage 2 must have finished: checkpoints/csm_reference at MODEL_MORE_STEPS).
+model-stage3: setup
+	OMP_NUM_THREADS=2 $(PY) -m csm_lib.train $(MODEL_RECIPE) $(MODEL_STAGE3) --text_input=phones \
+	  --minutes=$(MODEL_MINUTES) --out=runs/reference3 --continue_from=checkpoints/csm_stage3.safetensors \
+	  --after=checkpoints/csm_reference.safetensors
+	for f in model.safetensors model.json model.tokenizer.json; do \
+	  cp runs/reference3/$$f checkpoints/csm_stage3.$${f#model.}; done
+
+## model-ship: make stage 3 the shipped reference once it has finished its steps (checkpoints/csm_stage3 ->
+## checkpoints/csm_reference). Every result measured with the old reference is then stale: `make model-eval`, then
+## the benchmarks that name it (tests/test_readme.py lists them).
+model-ship: setup
+	$(PY) -c "import json, sys; m = json.load(open('checkpoints/csm_stage3.json')); \
+	  sys.exit(0 if m['steps'] >= m['train']['steps'] else f\"stage 3 is at step {m['steps']} of {m['train']['steps']}\")"
+	for f in safetensors json tokenizer.json; do cp checkpoints/csm_stage3.$$f checkpoints/csm_reference.$$f; done
 
 ## seed-variants: the seed's dual memory bank and cross-modal attention trained inside CSM (csm_lib/seed_model.py), and
 ## the plain CSM beside them at equal compute: each starts from checkpoints/csm_reference and trains VARIANT_STEPS more
