@@ -7,6 +7,7 @@ speaks; what a listener feels is the gap between the end of their speech and the
         │ each chunk as it arrives:
         ├─▶ voice activity, 32 ms windows (silero-vad) ─▶ ``EndOfTurn``: silence_ms of silence after speech
         └─▶ pocketsphinx ``process_raw`` (``StreamingRecognizer``): its first pass runs while the user speaks
+            (gated: after 240 ms of silence the chunks waiting for the rule are not decoded)
     end of turn ─▶ ``end_utt``: the final hypothesis
                ─▶ the text LM writes the reply, streamed ─▶ ``PhraseCut``: its first phrase
                ─▶ the speech generator: a streaming one (CSM) starts on the first phrase, the others on the
@@ -281,6 +282,7 @@ class Heard:
 
     text: str
     audio: torch.Tensor  # (T,): the user's audio up to the decision (at most the whole of it)
+    heard_s: float  # seconds of audio (with the silent tail) that had arrived at the decision
     decision_s: float
     hypothesis_s: float
     decided: bool  # False: the rule never fired; the turn ended with the audio and its silent tail
@@ -289,36 +291,46 @@ class Heard:
     max_lag_ms: float = 0.0  # the most a chunk waited behind the work before it
 
 
-def listen(audio: torch.Tensor, detector, recognizer: StreamingRecognizer, rule: EndOfTurn,
-           clock: RealClock, tail_ms: float = 3000.0) -> Heard:
+def listen(audio: torch.Tensor, detector, recognizer: StreamingRecognizer, rule: EndOfTurn, clock: RealClock,
+           tail_ms: float = 3000.0, asr_tail_ms: float | None = 240.0) -> Heard:
     """Play ``audio`` (T,) at 16 kHz, then ``tail_ms`` of silence, in ``CHUNK_MS`` chunks; per chunk the
-    detector and the rule, then the recogniser, until the rule ends the turn; then the final hypothesis."""
+    detector and the rule, then the recogniser, until the rule ends the turn; then the final hypothesis.
+
+    The recogniser is fed a chunk unless ``asr_tail_ms`` of silence already precede it (the detector gates it, as
+    voice agents do: silence waiting for the rule is not decoded); when speech resumes, the chunk skipped last
+    is fed first, so an onset the detector saw late is not lost. ``asr_tail_ms=None``: every chunk is fed."""
     x = torch.cat([audio, torch.zeros(round(SAMPLE_RATE * tail_ms / 1000))])
     n, w = SAMPLE_RATE * CHUNK_MS // 1000, detector.window
     detector.reset()
     rule.start()
     recognizer.start()
     clock.start()
-    buf, probs, work, lag, ended, end = torch.zeros(0), [], [], 0.0, False, 0
+    buf, probs, work, lag, ended, end, skipped = torch.zeros(0), [], [], 0.0, False, 0, None
     for end in range(n, len(x) + n, n):
         chunk = x[end - n:end]
-        clock.wait_until(min(end, len(x)) / SAMPLE_RATE)
-        lag = max(lag, clock.now() - min(end, len(x)) / SAMPLE_RATE)
+        arrives = min(end, len(x)) / SAMPLE_RATE
+        clock.wait_until(arrives)
+        lag = max(lag, clock.now() - arrives)
         buf = torch.cat([buf, chunk])
         while len(buf) >= w and not ended:
             probs.append(detector(buf[:w]))
             buf, ended = buf[w:], rule.push(probs[-1])
         decision = clock.now()
-        t = clock.now()
-        recognizer.feed(chunk)
-        work.append((t, clock.now() - t))
+        if asr_tail_ms is None or rule.silence * rule.window_ms <= asr_tail_ms:
+            t = clock.now()
+            recognizer.feed(chunk if skipped is None else torch.cat([skipped, chunk]))
+            work.append((t, clock.now() - t))
+            skipped = None
+        else:
+            skipped = chunk
         if ended:
             break
     t = clock.now()
     text = recognizer.finish()
     hypothesis = clock.now()
     work.append((t, hypothesis - t))
-    return Heard(text, audio[:end], decision, hypothesis, ended, probs, work, 1000 * lag)
+    return Heard(text, audio[:end], min(end, len(x)) / SAMPLE_RATE, decision, hypothesis, ended, probs, work,
+                 1000 * lag)
 
 
 @dataclass
