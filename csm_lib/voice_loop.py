@@ -114,6 +114,7 @@ class SileroDetector:
     def reset(self) -> None:
         self.model.reset_states()
 
+    @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> float:
         return float(self.model(x, SAMPLE_RATE))
 
