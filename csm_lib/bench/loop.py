@@ -312,6 +312,8 @@ def bench_voice_loop(threads: int = 2, turns: int = TURNS, pairs: int = PAIRS, c
             writer = lm_writer(lm, tok, u["user"]["speaker"], u["speaker"])
             u["front"] = front_end(u, detector, recognizer, rule, writer, cut)
             Tx.learn([u["front"]["reply"], u["front"]["phrase"]])
+        record["setup_s"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
         for s in systems(gen, fns, users[0], rate, 0, names):  # warm-up: inductor compiles, first calls allocate
             u = users[0]
             V.take_turn(u["audio"], u["user"]["speaker"], s, lm_writer(lm, tok, u["user"]["speaker"], u["speaker"]),
@@ -326,6 +328,8 @@ def bench_voice_loop(threads: int = 2, turns: int = TURNS, pairs: int = PAIRS, c
                                       clock(), eos_s=u["eos_s"])
                 lines.append(line)
         record["systems"] = summarise(lines)
+        record["heard_the_same_in_every_run"] = all(  # the front end is deterministic: every system heard alike
+            x.heard == users[i // len(names)]["front"]["heard"].text for i, x in enumerate(lines))
         record["recognition"] = recognition(users, cmninit, lines, rule, detector)
     csm = record["systems"].get("csm", {}).get("timeline_ms", {})
     after_decision = (np.median([x.first_audio_ms - x.decision_ms for x in lines if x.system == "csm"])
