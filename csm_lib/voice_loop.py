@@ -24,10 +24,17 @@ semicolon or colon once it holds ``min_words`` words, or to the space after ``ma
 writes first; never inside a word. A shorter phrase starts sooner, but CSM speaks it as a whole turn (its
 intonation closes, and it ends with its end-of-speech frame), so the rest of the reply starts again as a new turn.
 
+**The conversation**: a streaming system keeps chapter 08's ``Conversation`` across turns. The user's turn
+joins it as heard (the final hypothesis, the audio up to the decision) once the hypothesis is final: a turn's
+text comes before its audio in the layout, so its audio cannot run through the backbone while it is spoken; the
+reply joins it as its codes. ``bench/loop.py`` wires chapter 09's four systems into ``ReplySystem``s.
+
 **The timeline** (``Timeline``): in ms after the end of speech (``end_of_speech``: the last 10 ms frame of the
 user's audio within 40 dB of its loudest, measured on the audio, never the detector's view): the detector's
 decision, the recogniser's final hypothesis, the LM's first phrase (and whole reply), the first reply sample.
 Clock time 0 is the user's first sample: sample n is spoken at n / sr and arrives with the end of its chunk.
+
+Explained in chapter 09 (``notebooks/09_latency_table.ipynb``); ``make bench-loop`` measures it.
 """
 
 from __future__ import annotations
