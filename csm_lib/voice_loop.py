@@ -111,7 +111,9 @@ def end_of_speech(audio: torch.Tensor, sr: int, floor_db: float = 40.0) -> float
 
 class SileroDetector:
     """silero-vad (its weights ship in its wheel; ``metrics`` loads them once): P(speech) of each 32 ms window
-    (512 samples at 16 kHz). Stateful (a recurrent net): ``reset()`` before each turn."""
+    (512 samples at 16 kHz). Stateful (a recurrent net): ``reset()`` before each turn. It runs on one torch
+    thread: a window gains nothing from two, and on a busy CPU the second thread's waiting made a window
+    take 2-20 ms instead of 0.3."""
 
     window = 512
 
@@ -123,7 +125,12 @@ class SileroDetector:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> float:
-        return float(self.model(x, SAMPLE_RATE))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return float(self.model(x, SAMPLE_RATE))
+        finally:
+            torch.set_num_threads(threads)
 
 
 class EnergyDetector:
