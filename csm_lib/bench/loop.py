@@ -349,7 +349,8 @@ def bench_voice_loop(threads: int = 2, turns: int = TURNS, pairs: int = PAIRS, c
         "meets_target": bool(csm and csm["first_audio_ms"]["median"] <= TARGET_MS and at
                              and at["paused_test"]["false_cut_in_rate"] <= CUT_IN_TARGET),
         "ratio_to_pipeline": {k: v.get("ratio_to_pipeline") for k, v in record["systems"].items()},
-        "asr_after_eos_median_ms": rec["asr_after_eos_ms"]["median"], "asr_target_ms": ASR_TARGET_MS,
+        "asr_after_eos_median_ms": rec["asr_after_eos_ms"]["median"],
+        "asr_finalise_median_ms": rec["asr_finalise_ms"]["median"], "asr_target_ms": ASR_TARGET_MS,
         "wer_gap_points": rec["wer_gap_points"], "wer_gap_target_points": WER_GAP_POINTS}
     record["turns"] = [asdict(x) for x in lines]
     record["user_turns"] = [{"conversation": u["user"]["conversation"], "turn": u["user"]["turn"],
