@@ -267,9 +267,10 @@ def summarise(lines: list[V.Timeline]) -> dict:
     return out
 
 
-def bench_voice_loop(threads: int = 2, turns: int = TURNS, pairs: int = PAIRS, compile: bool = True,
+def bench_voice_loop(threads: int = 2, repeats: int = 1, turns: int = TURNS, pairs: int = PAIRS, compile: bool = True,
                      names=SYSTEMS, silence_ms: float | None = None, clock: type = V.RealClock) -> dict:
-    """Everything of the module docstring; ``silence_ms=None``: the threshold chosen on the valid split."""
+    """Everything of the module docstring; every system takes each turn ``repeats`` times (another sampling
+    seed each time); ``silence_ms=None``: the threshold chosen on the valid split."""
     from csm_lib.checkpoint import device_name, model_record
 
     record: dict = {"what": "chapter 09's systems under one streaming voice loop, timed from the end of the "
@@ -321,15 +322,18 @@ def bench_voice_loop(threads: int = 2, turns: int = TURNS, pairs: int = PAIRS, c
         record["warm_up_s"] = round(time.perf_counter() - t0, 1)
 
         lines: list[V.Timeline] = []
-        for i, u in enumerate(progress(users, desc="voice loop", unit="turn")):
+        same = True  # the front end is deterministic: every run of every system should hear the same words
+        for i in progress(range(repeats * len(users)), desc="voice loop", unit="turn"):
+            u = users[i % len(users)]
             writer = lm_writer(lm, tok, u["user"]["speaker"], u["speaker"])
             for s in systems(gen, fns, u, rate, i, names):
                 line, _ = V.take_turn(u["audio"], u["user"]["speaker"], s, writer, detector, recognizer, rule, cut,
                                       clock(), eos_s=u["eos_s"])
                 lines.append(line)
+                same = same and line.heard == u["front"]["heard"].text
         record["systems"] = summarise(lines)
-        record["heard_the_same_in_every_run"] = all(  # the front end is deterministic: every system heard alike
-            x.heard == users[i // len(names)]["front"]["heard"].text for i, x in enumerate(lines))
+        record["heard_the_same_in_every_run"] = same
+        record["repeats"] = repeats
         record["recognition"] = recognition(users, cmninit, lines, rule, detector)
     csm = record["systems"].get("csm", {}).get("timeline_ms", {})
     after_decision = (np.median([x.first_audio_ms - x.decision_ms for x in lines if x.system == "csm"])
@@ -352,7 +356,7 @@ def bench_voice_loop(threads: int = 2, turns: int = TURNS, pairs: int = PAIRS, c
         "asr_after_eos_median_ms": rec["asr_after_eos_ms"]["median"],
         "asr_finalise_median_ms": rec["asr_finalise_ms"]["median"], "asr_target_ms": ASR_TARGET_MS,
         "wer_gap_points": rec["wer_gap_points"], "wer_gap_target_points": WER_GAP_POINTS}
-    record["turns"] = [asdict(x) for x in lines]
+    record["turns"] = [asdict(x) | {"user_turn": i // len(names) % len(users)} for i, x in enumerate(lines)]
     record["user_turns"] = [{"conversation": u["user"]["conversation"], "turn": u["user"]["turn"],
                              "text": u["user"]["text"], "voice": u["user"]["voice"], "eos_s": round(u["eos_s"], 3)}
                             for u in users]
