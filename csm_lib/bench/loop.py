@@ -352,6 +352,8 @@ def bench_voice_loop(threads: int = 2, repeats: int = 1, turns: int = TURNS, pai
         "false_cut_in_rate_paused_test": at and at["paused_test"]["false_cut_in_rate"],
         "meets_target": bool(csm and csm["first_audio_ms"]["median"] <= TARGET_MS and at
                              and at["paused_test"]["false_cut_in_rate"] <= CUT_IN_TARGET),
+        "first_audio_median_ms": {k: v["timeline_ms"]["first_audio_ms"]["median"]
+                                  for k, v in record["systems"].items()},
         "ratio_to_pipeline": {k: v.get("ratio_to_pipeline") for k, v in record["systems"].items()},
         "asr_after_eos_median_ms": rec["asr_after_eos_ms"]["median"],
         "asr_finalise_median_ms": rec["asr_finalise_ms"]["median"], "asr_target_ms": ASR_TARGET_MS,
