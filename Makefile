@@ -10,7 +10,7 @@ NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_san
 
 .PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs alignment-study budget-gpu results workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
-	baselines bench-latency serve bench-serve screenshot model-stage3 model-ship quality-judges seed-variants bench-quality bench-pronunciation
+	baselines bench-latency bench-loop serve bench-serve screenshot model-stage3 model-ship quality-judges seed-variants bench-quality bench-pronunciation
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -227,6 +227,14 @@ baselines: setup
 ## and each system's WER (needs the checkpoints of `make baselines` and the reference corpus of `make model`)
 bench-latency: setup flite
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench latency
+
+## bench-loop: chapter 09's voice loop (csm_lib/voice_loop.py, csm_lib/bench/loop.py) -> results/voice_loop.json: the
+## four systems under one streaming loop (user audio at real speed in 80 ms chunks, silero-vad's end-of-turn rule,
+## pocketsphinx fed chunk by chunk, the text LM's first phrase) timed from the end of the user's speech on 24
+## held-out turns; the end-of-turn trade-off on paused turns; streamed vs whole-utterance WER (needs the checkpoints
+## of `make baselines`; about 20 min, run nothing else meanwhile)
+bench-loop: setup flite
+	CSM_PROGRESS=0 $(PY) -m csm_lib.bench loop
 
 ## serve: the reference model over HTTP on 127.0.0.1:8000 (csm_lib/serve/; `$(PY) -m csm_lib.serve --help` for
 ## --model, --codec, --port and every limit). No key is needed on loopback; any other --host needs CSM_API_KEY

@@ -6,6 +6,7 @@
     python -m csm_lib.bench training-knobs   # chapter 07: fp32 vs bf16 autocast vs checkpointing
     python -m csm_lib.bench inference        # chapter 08: the fast path, time to first audio, INT8, speculation
     python -m csm_lib.bench latency          # chapter 09: the latency table (after make baselines)
+    python -m csm_lib.bench loop             # chapter 09: the four systems under a streaming voice loop
     python -m csm_lib.bench serve            # chapter 11: the HTTP server under 1, 4 and 8 streaming clients
 
 (``make bench`` runs chapters 04-08's.) Chapter 10's quality table takes other arguments and has its own
@@ -29,6 +30,7 @@ from csm_lib.bench.context_cost import bench_context_cost
 from csm_lib.bench.inference import bench_inference
 from csm_lib.bench.kv_cache import bench_kv_cache
 from csm_lib.bench.latency import bench_latency
+from csm_lib.bench.loop import bench_voice_loop
 from csm_lib.bench.serve import bench_serve
 from csm_lib.bench.training_knobs import bench_training_knobs
 from csm_lib.checkpoint import git_commit
@@ -41,6 +43,7 @@ BENCHMARKS: dict[str, tuple[Callable[..., dict], str, int]] = {  # name -> (func
     "training-knobs": (bench_training_knobs, "training_knobs.json", 2),
     "inference": (bench_inference, "inference.json", 2),
     "latency": (bench_latency, "latency_table.json", 2),
+    "loop": (bench_voice_loop, "voice_loop.json", 2),
     "serve": (bench_serve, "serving.json", 1),
 }
 

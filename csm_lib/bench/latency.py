@@ -77,12 +77,13 @@ def decode_whole(gen: Generator, codes: torch.Tensor) -> torch.Tensor:
     return gen.codec.decode(codes)[0] if codes.shape[-1] else torch.zeros(0)
 
 
-def speakers(gen: Generator, models: dict) -> dict:
+def speakers(gen: Generator, models: dict, chunking: dict | None = None) -> dict:
     """Each system as ``fn(text, speaker, context, n_frames, seed) -> iterator of audio chunks``.
 
     ``context``: the earlier turns (Segments); its last one is the user's turn, which has just ended.
-    A non-streaming system yields its whole reply as one chunk."""
-    kw = SAMPLING
+    A non-streaming system yields its whole reply as one chunk; CSM's chunks follow ``chunking``
+    (``chunk_frames``, ``first_chunk_frames`` of ``Generator.stream``; default one frame each)."""
+    kw = SAMPLING | (chunking or {})
 
     def ids(text: str, speaker: int) -> torch.Tensor:
         return torch.tensor([gen.tokenizer.encode(text, speaker)])
@@ -95,11 +96,11 @@ def speakers(gen: Generator, models: dict) -> dict:
         yield from gen.stream(text, speaker, context, n * gen.frame_ms, seed=seed, stop_at_end=stop, **kw)
 
     def pipe(text, speaker, context, n, seed, conv=None, stop=False):
-        yield pipeline.speak(gen, text, speaker, n, seed=seed, stop_at_end=stop, **kw)
+        yield pipeline.speak(gen, text, speaker, n, seed=seed, stop_at_end=stop, **SAMPLING)
 
     def staged(model):
         def run(text, speaker, context, n, seed, conv=None, stop=False):
-            yield decode_whole(gen, model.codes(ids(text, speaker), n, seed=seed, stop_at_end=stop, **kw))
+            yield decode_whole(gen, model.codes(ids(text, speaker), n, seed=seed, stop_at_end=stop, **SAMPLING))
         return run
 
     return {"pipeline": pipe, "audiolm": staged(models["audiolm"]), "valle": staged(models["valle"]),
