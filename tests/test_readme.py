@@ -106,6 +106,7 @@ CK_3736 = "results/reference_3736_model.json"  # the reference's checkpoint JSON
 # results measured with the reference CSM: each says which (``measured_with``), or predates that record
 REFERENCE_RESULTS = ("results/reference_model.json", "results/inference.json", "results/latency_table.json",
                      "results/serving.json", "results/quality_table.json", "results/pronunciation.json")
+LOOP = "results/voice_loop.json"  # make bench-loop
 STUDY = "results/alignment_study.json"  # make alignment-study
 STAGES = "results/reference_stages.json"  # make model's two stages on the same windows (evaluate losses)
 REF_6000 = "results/reference_model_6000.json"  # make model-eval on the reference at the end of stage 1
@@ -440,6 +441,21 @@ ENTRIES = [
     *[("| what the backbone reads", TI, ["models", k, "test", "with_context", "wer"], fmt)
       for k, fmt in (("bpe", "; {:.0%} /"), ("chars", "/ {:.0%} /"), ("phones", "/ {:.0%} (ground"))],
     ("| what the backbone reads", TI, ["models", "phones", "test", "ground_truth", "wer"], "(ground truth {:.0%})"),
+    # --- the voice loop (make bench-loop, csm_lib/voice_loop.py) ---
+    ("| voice loop, the seed's", LOOP, ["chunk_ms"], "in {} ms chunks"),
+    ("| voice loop, the seed's", LOOP, ["systems", "csm", "timeline_ms", "first_audio_ms", "n"], "; {} held-out user turns"),
+    ("| voice loop, the seed's", LOOP, ["torch_threads"], "turns, {} threads"),
+    ("| voice loop, the seed's", LOOP, ["headline", "first_audio_median_ms"],
+     lambda m: "| " + " / ".join(f"{m[s]:.1f}" for s in ("pipeline", "audiolm", "valle", "csm")) + " ms"),
+    ("| voice loop, the seed's", LOOP, ["headline", "ratio_to_pipeline", "csm"], "(CSM {:.3f}x the pipeline's)"),
+    ("| voice loop, the seed's", LOOP, ["systems", "csm", "steps_ms"],
+     lambda st: "; " + " / ".join(f"{st[k]['median']:.1f}" for k in ("detect", "recognise", "write", "speak")) + " ms:"),
+    ("| voice loop, the seed's", LOOP, ["headline", "silence_ms"], "({} ms of silence"),
+    ("| voice loop, the seed's", "csm_lib/bench/loop.py", r"CUT_IN_TARGET = ([\d.]+)",
+     lambda x: f"at most {float(x):.0%} false cut-ins"),
+    ("| voice loop, the seed's", LOOP, lambda d: d["headline"]["false_cut_in_rate_paused_test"] <= 0.05 and
+     d["systems"]["csm"]["steps_ms"]["detect"]["median"] > d["headline"]["first_audio_median_ms"]["csm"] / 2,
+     lambda most: "is most of it, not the models" if most else "?"),
     # --- the alignment study (make alignment-study, chapter 07 section 6.5) ---
     ("| alignment study:", STUDY, ["steps"], "for {} steps"),
     ("| alignment study:", STUDY, ["recipe", "hours"], "on the {:g} h corpus"),
