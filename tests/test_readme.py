@@ -443,13 +443,15 @@ ENTRIES = [
     ("| what the backbone reads", TI, ["models", "phones", "test", "ground_truth", "wer"], "(ground truth {:.0%})"),
     # --- the voice loop (make bench-loop, csm_lib/voice_loop.py) ---
     ("| voice loop, the seed's", LOOP, ["chunk_ms"], "in {} ms chunks"),
-    ("| voice loop, the seed's", LOOP, ["systems", "csm", "timeline_ms", "first_audio_ms", "n"], "; {} held-out user turns"),
+    ("| voice loop, the seed's", LOOP, ["systems", "csm", "timeline_ms", "first_audio_ms", "n"],
+     "; {} held-out user turns"),
     ("| voice loop, the seed's", LOOP, ["torch_threads"], "turns, {} threads"),
     ("| voice loop, the seed's", LOOP, ["headline", "first_audio_median_ms"],
      lambda m: "| " + " / ".join(f"{m[s]:.1f}" for s in ("pipeline", "audiolm", "valle", "csm")) + " ms"),
     ("| voice loop, the seed's", LOOP, ["headline", "ratio_to_pipeline", "csm"], "(CSM {:.3f}x the pipeline's)"),
     ("| voice loop, the seed's", LOOP, ["systems", "csm", "steps_ms"],
-     lambda st: "; " + " / ".join(f"{st[k]['median']:.1f}" for k in ("detect", "recognise", "write", "speak")) + " ms:"),
+     lambda st: "; " + " / ".join(f"{st[k]['median']:.1f}" for k in ("detect", "recognise", "write", "speak"))
+     + " ms:"),
     ("| voice loop, the seed's", LOOP, ["headline", "silence_ms"], "({} ms of silence"),
     ("| voice loop, the seed's", "csm_lib/bench/loop.py", r"CUT_IN_TARGET = ([\d.]+)",
      lambda x: f"at most {float(x):.0%} false cut-ins"),
