@@ -40,6 +40,11 @@ def load(path: str | Path, sr: int | None = SAMPLE_RATE) -> tuple[torch.Tensor, 
     return audio, file_sr
 
 
+def duration(path: str | Path) -> float:
+    """A sound file's length in seconds, from its header (the audio is not read)."""
+    return float(sf.info(str(path)).duration)
+
+
 def wav_bytes(audio: torch.Tensor | np.ndarray, sr: int) -> bytes:
     """Mono float audio ``(T,)`` -> the bytes of a 16-bit PCM WAV file (for players and HTTP bodies)."""
     buf = io.BytesIO()

@@ -555,7 +555,8 @@ def load_generator(model: str | Path = REFERENCE_MODEL, codec: str | Path = REFE
     """A ``Generator`` from checkpoints: the model (on ``device``), its tokenizer and codec (on the CPU).
 
     The defaults are the reference model and codec shipped in ``checkpoints/``, sampled at the temperature
-    chosen for it (``REFERENCE_TEMPERATURE``; another model at ``SESAME_TEMPERATURE``). The codec must be
+    chosen for it (``REFERENCE_TEMPERATURE``; a model whose sidecar records a ``temperature``, such as
+    one fine-tuned from it (``finetune.py``), at that; any other at ``SESAME_TEMPERATURE``). The codec must be
     the one the model was trained with (``check_codec``); the speakers and prompt length the model
     was trained with come from its sidecar (``trained_speakers``, ``train.max_len``).
     """
@@ -566,5 +567,6 @@ def load_generator(model: str | Path = REFERENCE_MODEL, codec: str | Path = REFE
         raise FileNotFoundError(f"the model's tokenizer {tok} is missing (train.py writes it beside the model)")
     trained_len = (meta.get("train") or {}).get("max_len")
     reference = Path(model).resolve() == REFERENCE_MODEL.resolve()
+    temperature = meta.get("temperature") or (REFERENCE_TEMPERATURE if reference else SESAME_TEMPERATURE)
     return Generator(csm, load_codec(codec)[0], load_tokenizer(tok), n_speakers=trained_speakers(meta),
-                     trained_len=trained_len, temperature=REFERENCE_TEMPERATURE if reference else SESAME_TEMPERATURE)
+                     trained_len=trained_len, temperature=temperature)

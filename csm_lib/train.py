@@ -167,8 +167,8 @@ def make_optimizer(model: CSM, cfg: TrainConfig, extra: torch.nn.Module | None =
     """AdamW with weight decay on matrices only. Its default (``foreach``) step computes
     ``sqrt(v)`` for all parameters at once: a parameter-sized fp32 temporary at the step, which
     ``fused_adam`` (one CUDA kernel per step) does without. ``extra``: training-only parameters
-    (the alignment heads), optimised after the model's."""
-    params = [*model.parameters(), *(extra.parameters() if extra is not None else ())]
+    (the alignment heads), optimised after the model's. Frozen parameters (``lora.py``) are left out."""
+    params = [p for p in (*model.parameters(), *(extra.parameters() if extra is not None else ())) if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     if cfg.fused_adam and not str(cfg.device).startswith("cuda"):

@@ -1,0 +1,241 @@
+"""Fine-tune a trained CSM on a folder of your own recordings: all weights, or low-rank adapters.
+
+    python -m csm_lib.finetune --data=my_voice                  # full fine-tuning, 300 steps
+    python -m csm_lib.finetune --data=my_voice --mode=lora      # adapters only (lora.py), merged at the end
+    python -m csm_lib.finetune --help                           # every option
+    make finetune DATA=my_voice
+
+The folder is read by ``voice_folder.py`` (LJSpeech layout). Its clips get one speaker id: by
+default the first id the base model never trained (the reference trained ids 0 and 1, so a new
+voice is speaker 2), so the old voices keep theirs; a ``speaker`` column in ``metadata.csv``
+chooses per clip. A tenth of the folder's conversations is held out to report a validation loss.
+
+The step is the training step of ``train.py`` (``train.train_step``: the same loss, windows of
+consecutive turns, compute amortization), on the folder's windows, from the base model's weights,
+with a fresh warm-up and cosine decay (``train_codec.lr_at``). ``--mode=lora`` freezes the model
+and trains rank-``rank`` adapters and the text embeddings (``lora.add_adapters``); the final model
+has them merged, so it is an ordinary checkpoint.
+
+Resumable: every ``ckpt_every`` steps the state (weights, adapters, AdamW) is written atomically
+to ``<out>``; running the same command again continues from it (``--minutes`` bounds one sitting).
+At the end ``<out>/model.safetensors`` (+ JSON sidecar with the base model's fingerprint, the
+folder's content key and this run's settings, + tokenizer) is what ``load_generator`` loads:
+
+    gen = load_generator("runs/finetune/model.safetensors")
+    gen.generate("Hello there.", speaker=2, context=[])
+
+It samples at the base model's temperature (recorded in the sidecar).
+
+Explained in chapter 13 (``notebooks/13_your_voice.ipynb``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+from csm_lib import audio as A
+from csm_lib import checkpoint, lora
+from csm_lib import voice_folder as V
+from csm_lib.dataset import ConversationWindows
+from csm_lib.generate import (REFERENCE_CODEC, REFERENCE_MODEL, REFERENCE_TEMPERATURE, SESAME_TEMPERATURE, load_codec, load_model,
+                              tokenizer_path, trained_speakers)
+from csm_lib.progress import progress
+from csm_lib.text import load_tokenizer
+from csm_lib.train import TrainConfig, evaluate, load_state, make_optimizer, save_state, train_step
+from csm_lib.train_codec import lr_at
+
+MODES = ("full", "lora")
+
+
+@dataclass
+class FinetuneConfig:
+    data: str = ""
+    base: str = str(REFERENCE_MODEL)
+    codec: str = str(REFERENCE_CODEC)
+    mode: str = "full"
+    rank: int = 8
+    alpha: float = 16.0
+    speaker: int = -1
+    group: int = 4
+    data_minutes: float = 0.0
+    valid_share: float = 0.1
+    steps: int = 300
+    minutes: float = 0.0
+    batch: int = 8
+    lr: float = 0.0
+    warmup: int = 30
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    eval_every: int = 50
+    ckpt_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    threads: int = 2
+    out: str = "runs/finetune"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.steps < 1 or self.batch < 1:
+            raise ValueError(f"steps ({self.steps}) and batch ({self.batch}) must be at least 1")
+
+    @property
+    def peak_lr(self) -> float:
+        """``lr``, or the mode's default: adapters start at zero and take a larger step."""
+        return self.lr or (3e-4 if self.mode == "full" else 2e-3)
+
+
+HELP = {
+    "data": "the folder of recordings (LJSpeech layout: metadata.csv and wavs/; voice_folder.py)",
+    "base": "the model to fine-tune",
+    "codec": "its codec (the one it was trained with)",
+    "mode": "full: every weight; lora: low-rank adapters and the text embeddings (lora.py)",
+    "rank": "lora: the adapters' rank r", "alpha": "lora: their scale alpha (the update is alpha/r * B A)",
+    "speaker": "the speaker id of clips without a speaker column; -1: the first id the base model never trained",
+    "group": "clips per conversation when metadata.csv has no conversation column",
+    "data_minutes": "> 0: train on only the first clips adding up to this many minutes",
+    "valid_share": "share of the folder's conversations held out for the validation loss",
+    "steps": "optimizer steps", "minutes": "> 0: stop this sitting after this much training (resume: run again)",
+    "batch": "windows per step", "lr": "peak learning rate; 0: 3e-4 (full) or 2e-3 (lora)",
+    "warmup": "warm-up steps", "weight_decay": "AdamW weight decay on matrices", "clip": "gradient-norm clip",
+    "eval_every": "steps between validation losses", "ckpt_every": "steps between saved states",
+    "log_every": "steps between log lines", "seed": "the batches' and dropout's seed",
+    "threads": "torch CPU threads", "out": "run folder: states, log.csv, evals.jsonl, model.safetensors",
+}
+
+
+def train_settings(cfg: FinetuneConfig, base_meta: dict) -> TrainConfig:
+    """The ``train.TrainConfig`` that ``train_step`` and ``evaluate`` read: the base's window, this run's step."""
+    return TrainConfig(max_len=base_meta["train"]["max_len"], batch=cfg.batch, steps=cfg.steps, lr=cfg.peak_lr,
+                       warmup=cfg.warmup, weight_decay=cfg.weight_decay, clip=cfg.clip, amp="fp32",
+                       eval_every=cfg.eval_every, eval_batches=2, seed=cfg.seed, out=cfg.out,
+                       text_input=base_meta["train"].get("text_input", "bpe"))
+
+
+def folder_turns(cfg: FinetuneConfig, base_meta: dict, tokenizer, codec) -> tuple[list, list, dict]:
+    """The folder's (train, valid) ``dataset.Turn``s and a description of the data for the sidecar."""
+    speaker = cfg.speaker if cfg.speaker >= 0 else trained_speakers(base_meta)
+    clips = V.read(cfg.data, speaker=speaker, group=cfg.group)
+    if cfg.data_minutes > 0:
+        clips = V.first_minutes(clips, cfg.data_minutes)
+        if not clips:
+            raise V.FolderError(f"{cfg.data}: its first clip is longer than data_minutes={cfg.data_minutes}")
+    train_clips, valid_clips = V.split(clips, cfg.valid_share, cfg.seed)
+    max_len = base_meta["train"]["max_len"]
+    made = V.turns(clips, codec, cfg.codec, tokenizer, max_len, Path(cfg.out) / "cache")
+    held = {c.id for c in valid_clips}
+    train = [t for t in made if Path(t.row["wav"]).stem not in held]
+    valid = [t for t in made if Path(t.row["wav"]).stem in held]
+    info = {"folder": str(cfg.data), "content_key": V.content_key(clips), "clips": len(clips),
+            "train_clips": len(train_clips), "valid_clips": len(valid_clips),
+            "train_minutes": round(sum(A.duration(c.wav) for c in train_clips) / 60, 3),
+            "speakers": sorted({c.speaker for c in clips}), "texts": [c.text for c in train_clips]}
+    return train, valid, info
+
+
+def finetune(cfg: FinetuneConfig) -> Path:
+    """Fine-tune (module docstring); returns the path of the final ``model.safetensors``."""
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    model, base_meta = load_model(cfg.base)
+    tokenizer = load_tokenizer(tokenizer_path(cfg.base))
+    codec, _ = load_codec(cfg.codec)
+    tcfg = train_settings(cfg, base_meta)
+    train_turns, valid_turns, info = folder_turns(cfg, base_meta, tokenizer, codec)
+    train_w, valid_w = ConversationWindows(train_turns, tcfg.max_len), ConversationWindows(valid_turns, tcfg.max_len)
+    torch.manual_seed(cfg.seed)
+    model.train()
+    counts = lora.add_adapters(model, cfg.rank, cfg.alpha) if cfg.mode == "lora" else {
+        "trainable": sum(p.numel() for p in model.parameters()), "frozen": 0}
+    opt = make_optimizer(model, tcfg)
+    resumed = (out / "latest").exists()
+    start = load_state(out, model, opt) if resumed else 0
+    rows, evals = _read_log(out, start) if resumed else ([], [])
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"kind": "csm", "config": base_meta["config"], "train": base_meta["train"],
+            "data": base_meta["data"] | {"n_speakers": max(trained_speakers(base_meta), 1 + max(info["speakers"]))},
+            "finetune": asdict(cfg) | {"peak_lr": cfg.peak_lr, "parameters": counts},
+            "finetune_data": info, "base": checkpoint.model_record(cfg.base), "base_steps": base_meta.get("steps"),
+            "temperature": base_meta.get("temperature") or (
+                REFERENCE_TEMPERATURE if Path(cfg.base).resolve() == REFERENCE_MODEL.resolve() else SESAME_TEMPERATURE),
+            "provenance": checkpoint.provenance("csm_lib.finetune", "cpu")}
+    t0, step = time.perf_counter(), start
+    seconds_before = float(rows[-1]["seconds"]) if rows else 0.0
+    for step in progress(range(start, cfg.steps), desc=f"fine-tuning ({cfg.mode})", initial=start, total=cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.steps, tcfg)
+        m = train_step(model, model, opt, None, train_w, step, tcfg, 0, 1, torch.device("cpu"))
+        wall = time.perf_counter() - t0
+        done = step + 1
+        if step % cfg.log_every == 0 or done == cfg.steps:
+            rows.append({"step": step, "loss": round(m["loss"], 5), "c0_loss": round(m["c0_loss"], 5),
+                         "decoder_loss": round(m["decoder_loss"], 5), "seconds": round(seconds_before + wall, 1)})
+        stop = cfg.minutes > 0 and wall > cfg.minutes * 60
+        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps or stop):
+            evals.append({"step": done} | evaluate(model, valid_w, tcfg, torch.device("cpu")))
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
+            _write_log(out, rows, evals)
+            save_state(out, done, model, opt, meta)
+        if stop:
+            break
+    final = step + 1 if cfg.steps > start else start
+    if final < cfg.steps:
+        print(f"stopped at step {final} of {cfg.steps}: run the same command again to go on")
+        return out / f"state-{final:07d}.safetensors"
+    if cfg.mode == "lora":
+        lora.merge_adapters(model)
+    result = meta | {"steps": final, "cpu_seconds": float(rows[-1]["seconds"]) if rows else 0.0,
+                     "valid": evals[-1] if evals else None, "evals": evals, "history": rows}
+    checkpoint.save(out / "model", model.state_dict(), result)
+    tokenizer.save(tokenizer_path(out / "model.safetensors"))
+    print(json.dumps({k: result[k] for k in ("steps", "cpu_seconds", "valid")}, indent=2))
+    return out / "model.safetensors"
+
+
+def _write_log(out: Path, rows: list[dict], evals: list[dict]) -> None:
+    """``log.csv`` and ``evals.jsonl``, each written atomically with the state they belong to."""
+    def log(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, ["step", "loss", "c0_loss", "decoder_loss", "seconds"])
+            w.writeheader()
+            w.writerows(rows)
+    checkpoint.atomic_write(out / "log.csv", log)
+    checkpoint.atomic_write(out / "evals.jsonl", lambda tmp: Path(tmp).write_text(
+        "".join(json.dumps(e) + "\n" for e in evals)))
+
+
+def _read_log(out: Path, upto: int) -> tuple[list[dict], list[dict]]:
+    with (out / "log.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) < upto]
+    evals = [json.loads(line) for line in (out / "evals.jsonl").read_text().splitlines() if line.strip()]
+    return rows, [e for e in evals if e["step"] <= upto]
+
+
+def parse(argv: list[str]) -> FinetuneConfig:
+    """``--field=value`` options (``--help`` lists them) -> a checked ``FinetuneConfig``."""
+    p = argparse.ArgumentParser(prog="python -m csm_lib.finetune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in fields(FinetuneConfig):
+        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=HELP[f.name],
+                       required=f.name == "data")
+    return replace(FinetuneConfig(), **vars(p.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        finetune(cfg)
+    except V.FolderError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Fine-tuning the reference on a folder of recordings (csm_lib/finetune.py): full and LoRA, resumable,
+a checkpoint that load_generator loads, clear errors for a bad folder."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from csm_lib import checkpoint, finetune
+from csm_lib import voice_folder as V
+from csm_lib.generate import REFERENCE_MODEL, load_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTENCES = ["The cat sat on the mat.", "A bird in the hand is worth two in the bush.",
+             "She sells sea shells by the sea shore.", "Please open the window.", "It is going to rain today.",
+             "We walked along the river.", "Turn left at the second light.", "The soup was too hot to eat."]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """Eight clips of festival's ked voice, a voice the reference never heard, in the LJSpeech layout."""
+    clips = [(f"ked{i:02d}", s, *V.festival(s)) for i, s in enumerate(SENTENCES)]
+    return V.write(tmp_path_factory.mktemp("voice") / "ked", clips)
+
+
+def run(folder: Path, out: Path, **kw) -> Path:
+    cfg = finetune.FinetuneConfig(data=str(folder), out=str(out), steps=3, batch=2, group=2, warmup=1,
+                                  eval_every=0, ckpt_every=1, log_every=1, threads=1, **kw)
+    return finetune.finetune(cfg)
+
+
+def test_full_finetune_writes_a_model_load_generator_loads(folder, tmp_path):
+    path = run(folder, tmp_path / "full")
+    meta = checkpoint.load_meta(path)
+    assert meta["steps"] == 3 and meta["finetune"]["mode"] == "full"
+    assert meta["base"] == checkpoint.model_record(REFERENCE_MODEL)  # provenance: which model it came from
+    assert meta["data"]["n_speakers"] == 3  # the new voice is speaker 2; 0 and 1 keep theirs
+    assert meta["finetune_data"]["clips"] == 8 and meta["finetune_data"]["valid_clips"] == 2
+    assert [int(r["step"]) for r in meta["history"]] == [0, 1, 2]
+    gen = load_generator(path)
+    assert gen.temperature == 0.5  # the base model's chosen temperature, from the sidecar
+    wav = gen.generate("Good morning.", speaker=2, context=[], max_audio_length_ms=400)
+    assert wav.dim() == 1
+    ref, _ = checkpoint.load(REFERENCE_MODEL)
+    new, _ = checkpoint.load(path)
+    assert set(new) == set(ref) and not torch.equal(new["audio_embeddings.weight"], ref["audio_embeddings.weight"])
+
+
+def test_lora_finetune_moves_only_adapted_weights(folder, tmp_path):
+    path = run(folder, tmp_path / "lora", mode="lora", rank=4)
+    meta = checkpoint.load_meta(path)
+    counts = meta["finetune"]["parameters"]
+    assert counts["trainable"] < 0.1 * counts["frozen"]
+    ref, _ = checkpoint.load(REFERENCE_MODEL)
+    new, _ = checkpoint.load(path)
+    assert set(new) == set(ref)  # merged: an ordinary checkpoint
+    moved = {k for k in ref if not torch.equal(ref[k].float(), new[k].float())}
+    assert moved and all(k.endswith("_proj.weight") or k == "text_embeddings.weight" for k in moved)
+    assert "text_embeddings.weight" in moved and any("q_proj" in k for k in moved)
+
+
+def test_a_stopped_sitting_resumes(folder, tmp_path):
+    out = tmp_path / "resume"
+    first = run(folder, out, minutes=1e-9)  # stops after its first step
+    assert first.name == "state-0000001.safetensors" and (out / "latest").exists()
+    assert not (out / "model.safetensors").exists()
+    final = run(folder, out)
+    meta = checkpoint.load_meta(final)
+    assert meta["steps"] == 3 and [int(r["step"]) for r in meta["history"]] == [0, 1, 2]
+
+
+def test_cli_help_and_a_bad_folder(tmp_path):
+    env = {"CSM_PROGRESS": "0", "PATH": "/usr/bin:/bin"}
+    p = subprocess.run([sys.executable, "-m", "csm_lib.finetune", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, env=env)
+    assert p.returncode == 0 and "--mode" in p.stdout and "lora" in p.stdout
+    (tmp_path / "empty").mkdir()
+    p = subprocess.run([sys.executable, "-m", "csm_lib.finetune", f"--data={tmp_path / 'empty'}",
+                        f"--out={tmp_path / 'o'}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert p.returncode == 1 and "metadata.csv is missing" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([sys.executable, "-m", "csm_lib.finetune", "--data=x", "--mode=lorax"], cwd=ROOT,
+                       capture_output=True, text=True, env=env)
+    assert p.returncode != 0 and "mode must be one of" in p.stderr
+
+
+def test_sidecar_is_json_with_the_data_it_read(folder, tmp_path):
+    path = run(folder, tmp_path / "side", data_minutes=0.25)
+    info = json.loads(path.with_suffix(".json").read_text())["finetune_data"]
+    assert info["clips"] < 8 and info["train_minutes"] <= 0.25
