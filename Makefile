@@ -10,7 +10,7 @@ NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_san
 
 .PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs alignment-study budget-gpu results workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
-	baselines bench-latency bench-loop serve bench-serve screenshot model-stage3 model-ship quality-judges seed-variants bench-quality bench-pronunciation
+	baselines bench-latency bench-loop serve bench-serve screenshot model-stage3 model-ship finetune bench-finetune quality-judges seed-variants bench-quality bench-pronunciation
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -26,16 +26,19 @@ $(STAMP): pyproject.toml
 	  || $(PY) -m ipykernel install --sys-prefix --name python3
 	touch $@
 
-## flite: make sure the Debian packages are installed: flite (corpus synthesis, t2p phones) and wordnet-base
-## (WordNet's example sentences, the text of the natural corpus)
+## flite: make sure the Debian packages are installed: flite (corpus synthesis, t2p phones), wordnet-base
+## (WordNet's example sentences, the text of the natural corpus), festival and festvox-kdlpc16k (chapter 13's new voice)
 flite:
-	@if command -v flite >/dev/null 2>&1 && [ -f /usr/share/wordnet/data.noun ]; then exit 0; fi; \
+	@if command -v flite >/dev/null 2>&1 && [ -f /usr/share/wordnet/data.noun ] && command -v text2wave >/dev/null 2>&1 \
+	  && [ -d /usr/share/festival/voices/english/ked_diphone ]; then exit 0; fi; \
+	pkgs="flite wordnet-base festival festvox-kdlpc16k"; \
 	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
-	  DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y flite wordnet-base; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$pkgs; \
 	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
-	  sudo DEBIAN_FRONTEND=noninteractive apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y flite wordnet-base; \
+	  sudo DEBIAN_FRONTEND=noninteractive apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y $$pkgs; \
 	else \
-	  echo "flite and wordnet-base are required: sudo apt-get install flite wordnet-base (Debian/Ubuntu)" >&2; exit 1; \
+	  echo "flite, wordnet-base and festival's ked voice are required: sudo apt-get install $$pkgs (Debian/Ubuntu)" >&2; \
+	  exit 1; \
 	fi
 
 setup: venv flite
@@ -235,6 +238,25 @@ bench-latency: setup flite
 ## of `make baselines`; about 20 min, run nothing else meanwhile)
 bench-loop: setup flite
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench loop
+
+## finetune: fine-tune the shipped reference on a folder of your recordings (LJSpeech layout: metadata.csv of id|text,
+## wavs/<id>.wav; csm_lib/voice_folder.py) -> runs/finetune/model.safetensors, which load_generator loads (speaker 2).
+## MODE=lora trains rank-8 adapters instead of every weight. Resumable: run it again to go on (FINETUNE_MINUTES per
+## sitting, 0 = to the end). `$(PY) -m csm_lib.finetune --help` lists every option. About 4 min for 200 steps on 2 cores.
+DATA ?=
+MODE ?= full
+FINETUNE_MINUTES ?= 0
+finetune: setup
+	@if [ -z "$(DATA)" ]; then echo "usage: make finetune DATA=folder [MODE=full|lora]" >&2; exit 2; fi
+	OMP_NUM_THREADS=2 $(PY) -m csm_lib.finetune --data=$(DATA) --mode=$(MODE) --minutes=$(FINETUNE_MINUTES) \
+	  --out=runs/finetune
+
+## bench-finetune: chapter 13's table (csm_lib/bench/finetune.py) -> results/finetune.json and results/finetune_samples/:
+## festival's ked voice (10 min of held-out WordNet sentences, data/voices/ked) cloned by context vs fine-tuned (full,
+## LoRA; 1, 3, 10 min of data), judged on 30 held-out sentences; the old voices before and after (about 40 min on 2
+## cores; resumable: fine-tunes in runs/finetune_bench/, judged turns cached there)
+bench-finetune: setup
+	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.bench.finetune
 
 ## serve: the reference model over HTTP on 127.0.0.1:8000 (csm_lib/serve/; `$(PY) -m csm_lib.serve --help` for
 ## --model, --codec, --port and every limit). No key is needed on loopback; any other --host needs CSM_API_KEY

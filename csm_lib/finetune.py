@@ -45,8 +45,16 @@ from csm_lib import audio as A
 from csm_lib import checkpoint, lora
 from csm_lib import voice_folder as V
 from csm_lib.dataset import ConversationWindows
-from csm_lib.generate import (REFERENCE_CODEC, REFERENCE_MODEL, REFERENCE_TEMPERATURE, SESAME_TEMPERATURE, load_codec, load_model,
-                              tokenizer_path, trained_speakers)
+from csm_lib.generate import (
+    REFERENCE_CODEC,
+    REFERENCE_MODEL,
+    REFERENCE_TEMPERATURE,
+    SESAME_TEMPERATURE,
+    load_codec,
+    load_model,
+    tokenizer_path,
+    trained_speakers,
+)
 from csm_lib.progress import progress
 from csm_lib.text import load_tokenizer
 from csm_lib.train import TrainConfig, evaluate, load_state, make_optimizer, save_state, train_step

@@ -44,7 +44,6 @@ import torch
 
 from csm_lib import audio as A
 from csm_lib import checkpoint
-from csm_lib import frames as Fr
 from csm_lib.codec import Codec
 from csm_lib.dataset import Turn, tokenize_turns
 from csm_lib.progress import progress

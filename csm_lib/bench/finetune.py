@@ -1,0 +1,281 @@
+"""Your own voice, measured (chapter 13): ``make bench-finetune`` -> ``results/finetune.json``.
+
+**The new voice.** Festival's ``ked_diphone`` (Debian ``festvox-kdlpc16k``: an American English male
+diphone voice, a different synthesiser from the corpus's flite voices) reads WordNet sentences that
+the reference never trained on: the test pool of the corpus's own sentence split
+(``sentences.split_sentences``, the corpus seed), minus every sentence the reference's corpus uses in
+any split, 5 to 14 words each. They are cut three ways, disjoint: ``EVAL`` sentences to judge, ``PRINT``
+clips (two are the context of cloning by context, the others the voice print SIM is measured against),
+and the rest read until ``MINUTES[-1]`` minutes of speech: "your recordings", written in the LJSpeech
+layout (``voice_folder.write``) under ``data/voices/ked``.
+
+**The systems**, each saying every eval sentence with the same sampling seed per sentence, at the
+reference's temperature:
+
+* ``reference`` - the shipped model, no context (speaker 0: the voice it gives a speaker id it knows);
+* ``reference_ctx1``, ``reference_ctx2`` - cloning by context: one or two clips of the new voice as
+  earlier turns of the same speaker;
+* ``full``, ``lora`` - fine-tuned on the folder (``finetune.py``: every weight; rank-8 adapters and the
+  text embeddings), the new voice as speaker 2, no context; ``full_ctx1``, ``lora_ctx1`` with one clip;
+* ``full_<m>min`` - full fine-tuning on the first m minutes only (``MINUTES``), no context.
+
+Each generated turn is judged by pocketsphinx (WER against its text; ``ground_truth``: festival's own
+audio of the same sentences) and resemblyzer (SIM to the voice print; ``floor``: the corpus's voices,
+spoken by flite, against the same print - what SIM gives a voice that is not this one). Beside each
+number: n and a bootstrap 95% interval over sentences; differences between two systems use a paired
+bootstrap over the same sentences. ``old_voices``: the reference and both fine-tuned models on the
+reference corpus's held-out test turns with their context (``evaluate_model``): what fine-tuning costs
+the voices the model knew. ``finetunes``: steps, CPU seconds, trainable parameters, validation loss.
+
+Resumable: each fine-tune lives in ``runs/finetune_bench/<name>`` (``finetune.py`` resumes it; a
+finished one is kept while its base and data are the same), and each system's judged turns are kept
+in ``runs/finetune_bench/judged/``, keyed by the model's fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from csm_lib import audio as A
+from csm_lib import checkpoint, metrics
+from csm_lib import sentences as S
+from csm_lib import voice_folder as V
+from csm_lib.finetune import FinetuneConfig, finetune
+from csm_lib.generate import REFERENCE_MODEL, Segment, load_generator, load_model, tokenizer_path
+from csm_lib.judges.evaluate import corpus_folder, evaluate_model, judge, trained_with
+from csm_lib.outputs import results_dir
+from csm_lib.progress import progress
+from csm_lib.text import load_tokenizer
+
+VOICE = "ked_diphone"
+EVAL, PRINT = 30, 8
+MINUTES = (1, 3, 10)
+WORDS = (5, 14)
+NEW_SPEAKER, KNOWN_SPEAKER = 2, 0
+FINETUNE_STEPS = 200
+OLD_TURNS = 24
+SAMPLES = 2  # eval sentences whose audio every system leaves in results/finetune_samples/
+RUNS = Path("runs/finetune_bench")
+VOICE_DIR = Path("data/voices/ked")
+SIM_GAIN, WER_SLACK = 0.05, 5.0  # the issue's bar: fine-tuned SIM >= cloning + 0.05, WER <= reference + 5 points
+
+
+# --- the new voice ------------------------------------------------------------------------------
+def voice_sentences(corpus: Path, seed: int) -> dict[str, list[str]]:
+    """``eval``, ``print`` and ``train`` sentences: held out from the corpus and from each other (module docstring)."""
+    used = {S.sentence_key(s) for r in _manifest(corpus) for s in S.split_into_sentences(r["text"])}
+    pool = [s for s in S.split_sentences(S.wordnet_sentences(), seed)["test"]
+            if S.sentence_key(s) not in used and WORDS[0] <= len(S.words(s)) <= WORDS[1]]
+    return {"eval": pool[:EVAL], "print": pool[EVAL:EVAL + PRINT], "train": pool[EVAL + PRINT:]}
+
+
+def _manifest(corpus: Path) -> list[dict]:
+    return [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines()]
+
+
+def make_voice(sents: dict[str, list[str]], root: Path = VOICE_DIR) -> dict:
+    """Speak the sentences with festival: ``root`` (the training folder, up to ``MINUTES[-1]`` minutes),
+    and ``root``_eval, ``root``_print (LJSpeech layout too). Kept when already made from the same sentences."""
+    made = {}
+    for part, limit in (("train", MINUTES[-1] * 60), ("eval", None), ("print", None)):
+        folder = root if part == "train" else root.with_name(f"{root.name}_{part}")
+        if (folder / "metadata.csv").exists():
+            made[part] = V.read(folder)
+            if all(c.text in sents[part] for c in made[part]):
+                continue
+        clips, total = [], 0.0
+        for i, s in enumerate(progress(sents[part], desc=f"festival: {part}")):
+            x, sr = V.festival(s, VOICE)
+            if limit is not None and total + len(x) / sr > limit:
+                break
+            clips.append((f"ked_{part}{i:04d}", s, A.normalize_loudness(x), sr))
+            total += len(x) / sr
+        V.write(folder, clips)
+        made[part] = V.read(folder)
+    return made
+
+
+# --- judging ----------------------------------------------------------------------------------------
+def judged_turns(name: str, model: Path, speaker: int, context: list[Segment], texts: list[str], seed: int) -> list:
+    """Each text spoken by ``model`` after ``context`` and judged (hypothesis, embedding); cached per model."""
+    key = checkpoint.fingerprint(model)
+    cache = RUNS / "judged" / f"{name}.json"
+    if cache.exists():
+        kept = json.loads(cache.read_text())
+        if kept["model"] == key and kept["texts"] == texts:
+            return [dict(t, embedding=np.array(t["embedding"])) for t in kept["turns"]]
+    gen = load_generator(model)
+    out = []
+    for i, text in enumerate(progress(texts, desc=name)):
+        codes = list(gen.frames(text, speaker, context, 15_000, seed=seed + i))
+        audio = gen.decode(codes)
+        j = judge(audio, gen.sample_rate, text, style=False)
+        out.append({"text": text, "hyp": j["hyp"], "seconds": j["seconds"], "audio": audio,
+                    "embedding": j["embedding"] if j["embedding"] is not None else np.zeros(256)})
+    keep = [{k: (v.tolist() if k == "embedding" else v) for k, v in t.items() if k != "audio"} for t in out]
+    checkpoint.atomic_write(cache, lambda tmp: Path(tmp).write_text(json.dumps(
+        {"model": key, "texts": texts, "turns": keep})))
+    return out
+
+
+def summary(turns: list[dict], voice_print: np.ndarray) -> dict:
+    """WER and SIM to the voice print, each with n and a bootstrap 95% interval over sentences."""
+    edits, words = np.array([metrics.word_errors(t["text"], t["hyp"]) for t in turns]).T
+    sims = np.array([metrics.similarity(t["embedding"], voice_print) for t in turns])
+    return {"n": len(turns), "wer": round(float(edits.sum() / words.sum()), 4),
+            "wer_ci95": metrics.bootstrap_ci(lambda i: edits[i].sum() / words[i].sum(), len(turns)),
+            "sim": round(float(sims.mean()), 4), "sim_ci95": metrics.bootstrap_ci(lambda i: sims[i].mean(), len(turns)),
+            "seconds_mean": round(float(np.mean([t["seconds"] for t in turns])), 2),
+            "per_turn": {"edits": edits.astype(int).tolist(), "words": words.astype(int).tolist(),
+                         "sim": [round(float(s), 4) for s in sims]}}
+
+
+def paired(a: dict, b: dict) -> dict:
+    """``a - b`` for SIM (points of cosine) and WER (percentage points), paired bootstrap 95% intervals."""
+    sa, sb = np.array(a["per_turn"]["sim"]), np.array(b["per_turn"]["sim"])
+    ea, eb, w = (np.array(x["per_turn"][k]) for x, k in ((a, "edits"), (b, "edits"), (a, "words")))
+    wer = lambda i: 100 * (ea[i].sum() - eb[i].sum()) / w[i].sum()  # noqa: E731
+    return {"sim": round(float((sa - sb).mean()), 4), "sim_ci95": metrics.bootstrap_ci(lambda i: (sa - sb)[i].mean(),
+                                                                                        len(sa)),
+            "wer_points": round(float(wer(np.arange(len(sa)))), 2),
+            "wer_points_ci95": metrics.bootstrap_ci(wer, len(sa))}
+
+
+# --- the benchmark -----------------------------------------------------------------------------------
+def finetuned(name: str, mode: str, minutes: float, seed: int) -> Path:
+    """Fine-tune the reference on the first ``minutes`` of the new voice (kept when already done)."""
+    cfg = FinetuneConfig(data=str(VOICE_DIR), mode=mode, data_minutes=0.0 if minutes >= MINUTES[-1] else minutes,
+                         steps=FINETUNE_STEPS, speaker=NEW_SPEAKER, seed=seed, out=str(RUNS / name))
+    path = Path(cfg.out) / "model.safetensors"
+    if path.exists():
+        meta = checkpoint.load_meta(path)
+        if meta["base"] == checkpoint.model_record(REFERENCE_MODEL) and meta["finetune"]["data_minutes"] == \
+                cfg.data_minutes and meta["finetune_data"]["content_key"] == V.content_key(V.read(VOICE_DIR)):
+            return path
+        path.unlink()
+    return finetune(cfg)
+
+
+def old_voices(model: Path, turns: int, temperature: float) -> dict:
+    """``model`` on the reference corpus's held-out test turns, with their context: WER and SIM (``evaluate_model``)."""
+    m, meta = load_model(model)
+    r = evaluate_model(m, trained_with(meta), max_turns=turns, temperature=temperature, without_context=False,
+                       style=False, tokenizer=load_tokenizer(tokenizer_path(model)))
+    keep = ("wer", "wer_ci95", "sim", "sim_ci95")
+    return {"n": r["turns"], **{k: r["with_context"][k] for k in keep},
+            "per_turn": r["with_context"]["per_turn"], "ground_truth_wer": r["ground_truth"]["wer"]}
+
+
+def bench_finetune(seed: int = 0, out: Path | None = None) -> dict:
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    ref_meta = checkpoint.load_meta(REFERENCE_MODEL)
+    corpus = corpus_folder(trained_with(ref_meta))
+    sents = voice_sentences(corpus, ref_meta["train"]["corpus_seed"])
+    made = make_voice(sents)
+    print_audio = [A.load(c.wav)[0] for c in made["print"]]
+    voice_print = metrics.speaker_embedding(torch.cat(print_audio[2:]), A.SAMPLE_RATE)
+    context = [Segment(KNOWN_SPEAKER, c.text, x) for c, x in zip(made["print"][:2], print_audio[:2], strict=True)]
+    texts = [c.text for c in made["eval"]]
+    temperature = load_generator().temperature
+
+    runs, cpu = {}, {}
+    for name, mode, minutes in [("full", "full", MINUTES[-1]), ("lora", "lora", MINUTES[-1]),
+                                *[(f"full_{m}min", "full", m) for m in MINUTES[:-1]]]:
+        path = finetuned(name, mode, minutes, seed)
+        meta = checkpoint.load_meta(path)
+        runs[name] = path
+        cpu[name] = {"mode": mode, "data_minutes": meta["finetune_data"]["train_minutes"],
+                     "clips": meta["finetune_data"]["train_clips"], "steps": meta["steps"],
+                     "cpu_seconds": round(meta["cpu_seconds"], 1), "parameters": meta["finetune"]["parameters"],
+                     "valid": meta["valid"], "measured_with": checkpoint.model_record(path)}
+
+    new = [Segment(NEW_SPEAKER, s.text, s.audio) for s in context]
+    plan = {"reference": (REFERENCE_MODEL, KNOWN_SPEAKER, []),
+            "reference_ctx1": (REFERENCE_MODEL, KNOWN_SPEAKER, context[:1]),
+            "reference_ctx2": (REFERENCE_MODEL, KNOWN_SPEAKER, context),
+            "full": (runs["full"], NEW_SPEAKER, []), "lora": (runs["lora"], NEW_SPEAKER, []),
+            "full_ctx1": (runs["full"], NEW_SPEAKER, new[:1]), "lora_ctx1": (runs["lora"], NEW_SPEAKER, new[:1]),
+            **{f"full_{m}min": (runs[f"full_{m}min"], NEW_SPEAKER, []) for m in MINUTES[:-1]}}
+    systems, samples = {}, {}
+    for name, (model, speaker, ctx) in plan.items():
+        turns = judged_turns(name, model, speaker, ctx, texts, seed)
+        systems[name] = summary(turns, voice_print)
+        samples[name] = [t.get("audio") for t in turns[:SAMPLES]]
+    truth = [judge(A.load(c.wav)[0], A.SAMPLE_RATE, c.text, style=False) | {"text": c.text} for c in made["eval"]]
+    ground_truth = summary(truth, voice_print)
+    floor_rows = [r for r in _manifest(corpus) if r["split"] == "test"][:EVAL]
+    floor = np.array([metrics.similarity(metrics.speaker_embedding(A.load(corpus / r["wav"])[0], A.SAMPLE_RATE),
+                                         voice_print) for r in floor_rows])
+    cloning = max(("reference_ctx1", "reference_ctx2"), key=lambda k: systems[k]["sim"])
+    old = {name: old_voices(path, OLD_TURNS, temperature)
+           for name, path in (("reference", REFERENCE_MODEL), ("full", runs["full"]), ("lora", runs["lora"]))}
+
+    res_dir = out.parent if out else results_dir()
+    sample_dir = res_dir / "finetune_samples"
+    written = {}
+    for name, clips in samples.items():
+        for i, x in enumerate(clips):
+            if x is not None:  # None: judged in an earlier sitting (kept from then)
+                A.save(sample_dir / f"{name}_{i}.wav", x, A.SAMPLE_RATE)
+            written.setdefault(name, []).append(f"finetune_samples/{name}_{i}.wav")
+    for i, c in enumerate(made["eval"][:SAMPLES]):
+        A.save(sample_dir / f"ground_truth_{i}.wav", A.load(c.wav)[0], A.SAMPLE_RATE)
+        written.setdefault("ground_truth", []).append(f"finetune_samples/ground_truth_{i}.wav")
+
+    gains = {name: paired(systems[name], systems[cloning]) for name in ("full", "lora", "full_ctx1", "lora_ctx1")}
+    vs_ref = {name: paired(systems[name], systems["reference"]) for name in ("full", "lora")}
+    result = {
+        "measured_with": checkpoint.model_record(REFERENCE_MODEL),
+        "voice": {"synthesiser": "festival", "voice": VOICE, "package": "festvox-kdlpc16k",
+                  "train_minutes": cpu["full"]["data_minutes"], "train_clips": len(made["train"]),
+                  "eval_sentences": len(texts), "print_clips": len(made["print"]) - 2, "context_clips": 2,
+                  "overlap_eval_with_reference_train": S.overlap([r["text"] for r in _manifest(corpus)
+                                                                  if r["split"] == "train"], texts),
+                  "overlap_eval_with_finetune": S.overlap([c.text for c in made["train"]], texts)},
+        "settings": {"temperature": temperature, "topk": 50, "seed": seed, "finetune_steps": FINETUNE_STEPS,
+                     "new_speaker": NEW_SPEAKER, "known_speaker": KNOWN_SPEAKER, "minutes": list(MINUTES)},
+        "finetunes": cpu, "systems": systems, "ground_truth": ground_truth,
+        "floor": {"n": len(floor), "sim": round(float(floor.mean()), 4),
+                  "sim_ci95": metrics.bootstrap_ci(lambda i: floor[i].mean(), len(floor)),
+                  "what": "the corpus's flite voices (held-out test turns) against the voice print"},
+        "cloning": cloning, "gain_over_cloning": gains, "change_from_reference": vs_ref, "old_voices": old,
+        "old_voices_change": {name: paired(old[name], old["reference"]) for name in ("full", "lora")},
+        "samples": written, "sample_texts": texts[:SAMPLES],
+        "must_show": {"sim_gain_target": SIM_GAIN, "wer_slack_points": WER_SLACK,
+                      "full_sim_gain": gains["full"]["sim"], "full_wer_points_over_reference":
+                      vs_ref["full"]["wer_points"], "lora_sim_gain": gains["lora"]["sim"],
+                      "lora_wer_points_over_reference": vs_ref["lora"]["wer_points"]},
+        "wall_time_s": round(time.perf_counter() - t0, 1),
+        "provenance": checkpoint.provenance("csm_lib.bench.finetune", "cpu"),
+    }
+    path = out or res_dir / "finetune.json"
+    checkpoint.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
+    return result
+
+
+def verdict(r: dict) -> dict[str, str]:
+    """The must-show, computed: is fine-tuned SIM >= cloning + 0.05 (by its interval), WER within 5 points?"""
+    out = {}
+    for name in ("full", "lora"):
+        g, w = r["gain_over_cloning"][name], r["change_from_reference"][name]
+        lo = g["sim_ci95"][0]
+        sim = (f"SIM {g['sim']:+.3f} over cloning by context [{g['sim_ci95'][0]:+.3f}, {g['sim_ci95'][1]:+.3f}]: "
+               + ("reached, by its interval" if lo >= SIM_GAIN else "reached by its point estimate only"
+                  if g["sim"] >= SIM_GAIN else "not reached"))
+        wer = (f"WER {w['wer_points']:+.1f} points from the reference [{w['wer_points_ci95'][0]:+.1f}, "
+               f"{w['wer_points_ci95'][1]:+.1f}]: " + ("within" if w["wer_points"] <= WER_SLACK else "beyond")
+               + f" the {WER_SLACK:.0f}-point slack")
+        out[name] = f"{sim}; {wer} (measured here, n={r['systems'][name]['n']} sentences)"
+    return out
+
+
+if __name__ == "__main__":
+    r = bench_finetune()
+    print(json.dumps({"systems": {k: {m: v[m] for m in ("wer", "sim")} for k, v in r["systems"].items()},
+                      "verdict": verdict(r)}, indent=1))
