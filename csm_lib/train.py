@@ -437,7 +437,7 @@ def train(cfg: TrainConfig, judge: Callable[[CSM, dict], dict] | None = None) ->
         checkpoint.atomic_write(out / "evals.jsonl",  # likewise: the evaluations carried on, none after the step
                                 lambda tmp: Path(tmp).write_text("".join(json.dumps(e) + "\n" for e in evals)))
     meta = {"kind": "csm", "config": asdict(mcfg), "train": asdict(cfg), "data": info, "provenance": origin,
-            "world_size": world_size}
+            "world_size": world_size, "init_from": checkpoint.model_record(cfg.init) if cfg.init else None}
     t0, positions, wall = time.perf_counter(), 0.0, 0.0
     bar = progress(range(start, cfg.steps), desc="training CSM", disable=rank != 0)
     step = start
