@@ -56,7 +56,7 @@ from csm_lib.generate import (
     trained_speakers,
 )
 from csm_lib.progress import progress
-from csm_lib.text import load_tokenizer
+from csm_lib.text import N_SPEAKERS, load_tokenizer
 from csm_lib.train import TrainConfig, evaluate, load_state, make_optimizer, save_state, train_step
 from csm_lib.train_codec import lr_at
 
@@ -94,6 +94,12 @@ class FinetuneConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.steps < 1 or self.batch < 1:
             raise ValueError(f"steps ({self.steps}) and batch ({self.batch}) must be at least 1")
+        if not 0 <= self.valid_share < 1:
+            raise ValueError(f"valid_share must be in [0, 1), got {self.valid_share}")
+        if self.rank < 1 or self.group < 1:
+            raise ValueError(f"rank ({self.rank}) and group ({self.group}) must be at least 1")
+        if not -1 <= self.speaker < N_SPEAKERS:
+            raise ValueError(f"speaker must be -1 (the first new id) or 0..{N_SPEAKERS - 1}, got {self.speaker}")
 
     @property
     def peak_lr(self) -> float:
@@ -158,7 +164,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
     codec, _ = load_codec(cfg.codec)
     tcfg = train_settings(cfg, base_meta)
     train_turns, valid_turns, info = folder_turns(cfg, base_meta, tokenizer, codec)
-    train_w, valid_w = ConversationWindows(train_turns, tcfg.max_len), ConversationWindows(valid_turns, tcfg.max_len)
+    train_w = ConversationWindows(train_turns, tcfg.max_len)
+    valid_w = ConversationWindows(valid_turns, tcfg.max_len) if valid_turns else None  # valid_share=0: no loss
     torch.manual_seed(cfg.seed)
     model.train()
     counts = lora.add_adapters(model, cfg.rank, cfg.alpha) if cfg.mode == "lora" else {
@@ -187,7 +194,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
             rows.append({"step": step, "loss": round(m["loss"], 5), "c0_loss": round(m["c0_loss"], 5),
                          "decoder_loss": round(m["decoder_loss"], 5), "seconds": round(seconds_before + wall, 1)})
         stop = cfg.minutes > 0 and wall > cfg.minutes * 60
-        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps or stop):
+        if valid_w is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps or stop):
             evals.append({"step": done} | evaluate(model, valid_w, tcfg, torch.device("cpu")))
         if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
             _write_log(out, rows, evals)

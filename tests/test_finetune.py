@@ -90,3 +90,20 @@ def test_sidecar_is_json_with_the_data_it_read(folder, tmp_path):
     path = run(folder, tmp_path / "side", data_minutes=0.25)
     info = json.loads(path.with_suffix(".json").read_text())["finetune_data"]
     assert info["clips"] < 8 and info["train_minutes"] <= 0.25
+
+
+def test_the_new_voice_reads_sentences_the_reference_never_heard():
+    """Chapter 13's sentences (csm_lib/bench/finetune.py): none in any split of the reference's corpus, the
+    eval, voice-print and training parts disjoint."""
+    from csm_lib import data
+    from csm_lib import sentences as S
+    from csm_lib.bench.finetune import EVAL, PRINT, voice_sentences
+
+    cfg = data.corpus_of(checkpoint.load_meta(REFERENCE_MODEL)["train"])
+    parts = voice_sentences(cfg)
+    assert len(parts["eval"]) == EVAL and len(parts["print"]) == PRINT and len(parts["train"]) > 200
+    keys = {name: {S.sentence_key(s) for s in sents} for name, sents in parts.items()}
+    assert not (keys["eval"] & keys["print"]) and not (keys["eval"] | keys["print"]) & keys["train"]
+    used = [t.text for t in data.plan(cfg)]
+    for name, sents in parts.items():
+        assert S.overlap(used, sents)["sentences_in_train"] == 0, name

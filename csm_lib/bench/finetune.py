@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from csm_lib import audio as A
-from csm_lib import checkpoint, metrics
+from csm_lib import checkpoint, data, metrics
 from csm_lib import sentences as S
 from csm_lib import voice_folder as V
 from csm_lib.finetune import FinetuneConfig, finetune
@@ -66,10 +66,11 @@ SIM_GAIN, WER_SLACK = 0.05, 5.0  # the issue's bar: fine-tuned SIM >= cloning + 
 
 
 # --- the new voice ------------------------------------------------------------------------------
-def voice_sentences(corpus: Path, seed: int) -> dict[str, list[str]]:
-    """``eval``, ``print`` and ``train`` sentences: held out from the corpus and from each other (module docstring)."""
-    used = {S.sentence_key(s) for r in _manifest(corpus) for s in S.split_into_sentences(r["text"])}
-    pool = [s for s in S.split_sentences(S.wordnet_sentences(), seed)["test"]
+def voice_sentences(corpus: data.CorpusConfig) -> dict[str, list[str]]:
+    """``eval``, ``print`` and ``train`` sentences: held out from the corpus (every split of its plan, so no audio
+    is needed) and from each other (module docstring)."""
+    used = {S.sentence_key(s) for t in data.plan(corpus) for s in S.split_into_sentences(t.text)}
+    pool = [s for s in S.split_sentences(S.wordnet_sentences(), corpus.seed)["test"]
             if S.sentence_key(s) not in used and WORDS[0] <= len(S.words(s)) <= WORDS[1]]
     return {"eval": pool[:EVAL], "print": pool[EVAL:EVAL + PRINT], "train": pool[EVAL + PRINT:]}
 
@@ -176,7 +177,7 @@ def bench_finetune(seed: int = 0, out: Path | None = None) -> dict:
     t0 = time.perf_counter()
     ref_meta = checkpoint.load_meta(REFERENCE_MODEL)
     corpus = corpus_folder(trained_with(ref_meta))
-    sents = voice_sentences(corpus, ref_meta["train"]["corpus_seed"])
+    sents = voice_sentences(data.corpus_of(ref_meta["train"]))
     made = make_voice(sents)
     print_audio = [A.load(c.wav)[0] for c in made["print"]]
     voice_print = metrics.speaker_embedding(torch.cat(print_audio[2:]), A.SAMPLE_RATE)
