@@ -1,6 +1,6 @@
 """Fine-tune a trained CSM on a folder of your own recordings: all weights, or low-rank adapters.
 
-    python -m csm_lib.finetune --data=my_voice                  # full fine-tuning, 300 steps
+    python -m csm_lib.finetune --data=my_voice                  # full fine-tuning, 200 steps
     python -m csm_lib.finetune --data=my_voice --mode=lora      # adapters only (lora.py), merged at the end
     python -m csm_lib.finetune --help                           # every option
     make finetune DATA=my_voice
@@ -75,7 +75,7 @@ class FinetuneConfig:
     group: int = 4
     data_minutes: float = 0.0
     valid_share: float = 0.1
-    steps: int = 300
+    steps: int = 200
     minutes: float = 0.0
     batch: int = 8
     lr: float = 0.0
