@@ -136,6 +136,21 @@ def bootstrap_groups_ci(stat, groups: list[list[int]], **kw) -> list[float]:
     return bootstrap_ci(lambda g: stat(np.concatenate([groups[j] for j in g])), len(groups), **kw)
 
 
+def paired_difference(a: dict, b: dict) -> dict:
+    """``a - b`` over the same turns, from two ``per_turn`` records (``edits``, ``words``, and ``sim`` when both
+    have it): pooled WER and mean SIM, each with a paired bootstrap 95% interval over turns: far tighter than
+    comparing two intervals, since a turn hard for one is hard for the other."""
+    if a["words"] != b["words"]:
+        raise ValueError("the two were not judged on the same turns")
+    ea, eb, n = (np.array(x, dtype=float) for x in (a["edits"], b["edits"], a["words"]))
+    wer = lambda i: (ea[i].sum() - eb[i].sum()) / n[i].sum()  # noqa: E731
+    out = {"wer": round(float(wer(np.arange(len(n)))), 4), "wer_ci95": bootstrap_ci(wer, len(n))}
+    if "sim" in a and "sim" in b:
+        d = np.array(a["sim"], dtype=float) - np.array(b["sim"], dtype=float)
+        out |= {"sim": round(float(d.mean()), 4), "sim_ci95": bootstrap_ci(lambda i: d[i].mean(), len(d))}
+    return out
+
+
 # ----------------------------------------------------------------------------- SIM
 
 @functools.cache

@@ -120,3 +120,18 @@ def test_the_vad_leaves_torch_threads_alone():
             "metrics.speech_segments(torch.zeros(16000), 16000); print(torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "2"
+
+
+def test_paired_difference_is_tight_where_turns_agree():
+    from csm_lib.metrics import paired_difference
+    rng = np.random.default_rng(0)
+    words = rng.integers(5, 15, 40).tolist()
+    hard = rng.integers(0, 6, 40)  # some turns are hard for both
+    a = {"edits": (hard + 1).tolist(), "words": words, "sim": (0.6 + 0.01 * rng.standard_normal(40)).tolist()}
+    b = {"edits": hard.tolist(), "words": words, "sim": (np.array(a["sim"]) - 0.1).tolist()}
+    d = paired_difference(a, b)
+    assert d["wer"] == round(40 / sum(words), 4) and d["wer_ci95"][0] > 0  # one more error on every turn
+    assert abs(d["sim"] - 0.1) < 1e-6 and d["sim_ci95"][1] - d["sim_ci95"][0] < 1e-6
+    assert paired_difference(a, a)["wer"] == 0
+    with pytest.raises(ValueError, match="same turns"):
+        paired_difference(a, {**b, "words": words[:-1] + [99]})

@@ -31,7 +31,6 @@ import json
 from dataclasses import fields, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from csm_lib import audio as A
@@ -153,14 +152,9 @@ def heard_turn(model_path: Path, name: str, head: dict, out_dir: Path, seed: int
 
 def paired_wer_difference(arm: dict, base: dict) -> dict:
     """WER with context of ``arm`` minus ``base``'s on the same turns and seeds, with a paired bootstrap 95%
-    interval over turns: far tighter than comparing the two intervals, since a turn hard for one is hard for both."""
-    a, b = arm["test"]["with_context"]["per_turn"], base["test"]["with_context"]["per_turn"]
-    ea, eb, n = (np.array(x, dtype=float) for x in (a["edits"], b["edits"], a["words"]))
-    if a["words"] != b["words"]:
-        raise ValueError("the two arms were not judged on the same turns")
-    diff = lambda i: (ea[i].sum() - eb[i].sum()) / n[i].sum()  # noqa: E731
-    return {"wer_difference": round(float(diff(np.arange(len(n)))), 4),
-            "wer_difference_ci95": metrics.bootstrap_ci(diff, len(n))}
+    interval over turns (``metrics.paired_difference``)."""
+    d = metrics.paired_difference(arm["test"]["with_context"]["per_turn"], base["test"]["with_context"]["per_turn"])
+    return {"wer_difference": d["wer"], "wer_difference_ci95": d["wer_ci95"]}
 
 
 def verdict(arm: dict, steps: int) -> dict:
