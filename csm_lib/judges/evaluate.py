@@ -26,7 +26,9 @@ share with the training split (``sentences.overlap``).
 temperature on validation turns (``sweep_temperature``).
 
 ``python -m csm_lib.judges.evaluate losses OUT.json MODEL... --hours=20,40`` compares models (the stages of
-``make model``) by codebook-0 loss on the same windows of each corpus (``stage_losses``).
+``make model``) by codebook-0 loss on the same windows of each corpus (``stage_losses``);
+``python -m csm_lib.judges.evaluate models OUT.json MODEL...`` by WER and SIM on the same held-out turns, with
+paired differences (``compare_models``).
 
 ``judge_valid`` is the same judging, on a few validation turns, for ``train.train(cfg, judge=...)``
 (training reports it when ``judge_turns > 0``); ``probe`` asks whether a model reads its text.
@@ -358,6 +360,26 @@ def compare_text_inputs(model_paths: list[str | Path], turns: int = 24, unseen_t
     return out
 
 
+def compare_models(paths: list[str | Path], turns: int = 40, temperature: float = 0.5,
+                   layouts: tuple[str, ...] = ("own_last", "own_only")) -> dict:
+    """Models judged on the same held-out turns of the first model's corpus with the same seeds (WER, SIM;
+    with context, without, and in ``layouts``), and each later model's paired difference from the first."""
+    t = trained_with(load_model(paths[0])[1])
+    out: dict = {"corpus": corpus_folder(t).name, "turns": turns, "temperature": temperature, "models": {}}
+    for path in paths:
+        model, meta = load_model(path)
+        r = evaluate_model(model, t, turns, temperature, tokenizer=model_tokenizer(path), train_t=trained_with(meta),
+                           layouts=layouts, style=False)
+        keep = {name: r[name] for name in ("with_context", "without_context")} | r["layouts"]
+        out["models"][str(path)] = {"measured_with": checkpoint.model_record(path), "ground_truth": r["ground_truth"],
+                                    **keep}
+    first, *rest = out["models"].values()
+    for m in rest:
+        m["change_from_first"] = {k: metrics.paired_difference(m[k]["per_turn"], first[k]["per_turn"])
+                                  for k in ("with_context", "without_context", *layouts)}
+    return out
+
+
 def sweep_temperature(path: str | Path, temperatures: tuple[float, ...] = (0.3, 0.5, 0.65, 0.8, 0.95),
                       turns: int = 30, topk: int = 50, split: str = "valid") -> dict:
     """The sampling temperature, chosen on validation turns so that the test split stays unseen.
@@ -404,6 +426,14 @@ def main(argv: list[str] | None = None) -> None:
                               [float(h) for h in opts["hours"].split(",")], int(opts.get("windows", 200)))
         checkpoint.atomic_write(Path(argv[1]), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
         print(json.dumps({m: r["c0_loss"] for m, r in result["models"].items()}, indent=2))
+        return
+    if argv[:1] == ["models"]:  # python -m csm_lib.judges.evaluate models OUT.json MODEL... [--turns=N]
+        opts = dict(a[2:].split("=", 1) for a in argv[2:] if a.startswith("--"))
+        result = compare_models([a for a in argv[2:] if not a.startswith("--")], int(opts.get("turns", 40)),
+                                float(opts.get("temperature", 0.5)))
+        checkpoint.atomic_write(Path(argv[1]), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+        kinds = ("with_context", "without_context", "own_last", "own_only")
+        print(json.dumps({p: {k: (m[k]["wer"], m[k]["sim"]) for k in kinds} for p, m in result["models"].items()}))
         return
     if argv[:1] == ["probe"] and len(argv) == 3:  # python -m csm_lib.judges.evaluate probe MODEL OUT.json
         result = probe(argv[1])
