@@ -182,6 +182,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
             "temperature": base_meta.get("temperature") or (
                 REFERENCE_TEMPERATURE if Path(cfg.base).resolve() == REFERENCE_MODEL.resolve() else SESAME_TEMPERATURE),
             "provenance": checkpoint.provenance("csm_lib.finetune", "cpu")}
+    if start == 0 and valid_w is not None and cfg.eval_every:  # the base model on the held-out clips
+        evals.append({"step": 0} | evaluate(model, valid_w, tcfg, torch.device("cpu")))
     t0, step = time.perf_counter(), start
     seconds_before = float(rows[-1]["seconds"]) if rows else 0.0
     for step in progress(range(start, cfg.steps), desc=f"fine-tuning ({cfg.mode})", initial=start, total=cfg.steps):

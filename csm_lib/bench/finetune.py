@@ -188,7 +188,7 @@ def bench_finetune(seed: int = 0, out: Path | None = None) -> dict:
         cpu[name] = {"mode": mode, "data_minutes": meta["finetune_data"]["train_minutes"],
                      "clips": meta["finetune_data"]["train_clips"], "steps": meta["steps"],
                      "cpu_seconds": round(meta["cpu_seconds"], 1), "parameters": meta["finetune"]["parameters"],
-                     "valid": meta["valid"], "measured_with": checkpoint.model_record(path)}
+                     "valid": meta["valid"], "evals": meta["evals"], "measured_with": checkpoint.model_record(path)}
 
     new = [Segment(NEW_SPEAKER, s.text, s.audio) for s in context]
     plan = {"reference": (REFERENCE_MODEL, KNOWN_SPEAKER, []),
