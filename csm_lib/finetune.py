@@ -16,6 +16,10 @@ with a fresh warm-up and cosine decay (``train_codec.lr_at``). ``--mode=lora`` f
 and trains rank-``rank`` adapters and the text embeddings (``lora.add_adapters``); the final model
 has them merged, so it is an ordinary checkpoint.
 
+Ten minutes of one voice are learnt by heart within a few hundred steps, so every ``eval_every`` steps (and
+at step 0, the base model itself) the validation loss on the held-out clips is measured, and the final model
+is the one of the lowest: early stopping, chosen on the folder's own held-out clips, never on a test.
+
 Resumable: every ``ckpt_every`` steps the state (weights, adapters, AdamW) is written atomically
 to ``<out>``; running the same command again continues from it (``--minutes`` bounds one sitting).
 At the end ``<out>/model.safetensors`` (+ JSON sidecar with the base model's fingerprint, the
@@ -82,7 +86,7 @@ class FinetuneConfig:
     warmup: int = 30
     weight_decay: float = 0.0
     clip: float = 1.0
-    eval_every: int = 50
+    eval_every: int = 25
     ckpt_every: int = 50
     log_every: int = 10
     seed: int = 0
@@ -120,7 +124,8 @@ HELP = {
     "steps": "optimizer steps", "minutes": "> 0: stop this sitting after this much training (resume: run again)",
     "batch": "windows per step", "lr": "peak learning rate; 0: 3e-4 (full) or 2e-3 (lora)",
     "warmup": "warm-up steps", "weight_decay": "AdamW weight decay on matrices", "clip": "gradient-norm clip",
-    "eval_every": "steps between validation losses", "ckpt_every": "steps between saved states",
+    "eval_every": "steps between validation losses (0: none); the final model is the step with the lowest",
+    "ckpt_every": "steps between saved states",
     "log_every": "steps between log lines", "seed": "the batches' and dropout's seed",
     "threads": "torch CPU threads", "out": "run folder: states, log.csv, evals.jsonl, model.safetensors",
 }
@@ -184,6 +189,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
             "provenance": checkpoint.provenance("csm_lib.finetune", "cpu")}
     if start == 0 and valid_w is not None and cfg.eval_every:  # the base model on the held-out clips
         evals.append({"step": 0} | evaluate(model, valid_w, tcfg, torch.device("cpu")))
+        _keep_best(out, model, evals)
     t0, step = time.perf_counter(), start
     seconds_before = float(rows[-1]["seconds"]) if rows else 0.0
     for step in progress(range(start, cfg.steps), desc=f"fine-tuning ({cfg.mode})", initial=start, total=cfg.steps):
@@ -198,6 +204,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
         stop = cfg.minutes > 0 and wall > cfg.minutes * 60
         if valid_w is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps or stop):
             evals.append({"step": done} | evaluate(model, valid_w, tcfg, torch.device("cpu")))
+            _keep_best(out, model, evals)
         if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
             _write_log(out, rows, evals)
             save_state(out, done, model, opt, meta)
@@ -207,14 +214,24 @@ def finetune(cfg: FinetuneConfig) -> Path:
     if final < cfg.steps:
         print(f"stopped at step {final} of {cfg.steps}: run the same command again to go on")
         return out / f"state-{final:07d}.safetensors"
+    best = min(evals, key=lambda e: e["valid_loss"]) if evals else None
+    if best is not None:  # the weights of the lowest validation loss, not the last step's
+        model.load_state_dict(checkpoint.load(out / "best")[0])
     if cfg.mode == "lora":
         lora.merge_adapters(model)
-    result = meta | {"steps": final, "cpu_seconds": float(rows[-1]["seconds"]) if rows else 0.0,
-                     "valid": evals[-1] if evals else None, "evals": evals, "history": rows}
+    result = meta | {"steps": final, "best_step": best["step"] if best else final,
+                     "cpu_seconds": float(rows[-1]["seconds"]) if rows else 0.0,
+                     "valid": best, "evals": evals, "history": rows}
     checkpoint.save(out / "model", model.state_dict(), result)
     tokenizer.save(tokenizer_path(out / "model.safetensors"))
     print(json.dumps({k: result[k] for k in ("steps", "cpu_seconds", "valid")}, indent=2))
     return out / "model.safetensors"
+
+
+def _keep_best(out: Path, model: torch.nn.Module, evals: list[dict]) -> None:
+    """Write the weights to ``out/best`` when the latest validation loss is the lowest so far (ties: the earlier)."""
+    if evals[-1]["valid_loss"] < min((e["valid_loss"] for e in evals[:-1]), default=float("inf")):
+        checkpoint.save(out / "best", model.state_dict(), {"step": evals[-1]["step"]} | evals[-1])
 
 
 def _write_log(out: Path, rows: list[dict], evals: list[dict]) -> None:

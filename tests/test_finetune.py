@@ -107,3 +107,16 @@ def test_the_new_voice_reads_sentences_the_reference_never_heard():
     used = [t.text for t in data.plan(cfg)]
     for name, sents in parts.items():
         assert S.overlap(used, sents)["sentences_in_train"] == 0, name
+
+
+def test_the_final_model_is_the_step_of_the_lowest_validation_loss(folder, tmp_path):
+    out = tmp_path / "best"
+    cfg = finetune.FinetuneConfig(data=str(folder), out=str(out), steps=3, batch=2, group=2, warmup=1, eval_every=1,
+                                  ckpt_every=1, log_every=1, threads=1, lr=3e-3)
+    meta = checkpoint.load_meta(finetune.finetune(cfg))
+    losses = {e["step"]: e["valid_loss"] for e in meta["evals"]}
+    assert sorted(losses) == [0, 1, 2, 3]  # step 0 is the base model
+    assert meta["best_step"] == min(losses, key=losses.get) and meta["valid"]["step"] == meta["best_step"]
+    best, _ = checkpoint.load(out / "best")
+    final, _ = checkpoint.load(out / "model")
+    assert all(torch.equal(best[k], final[k]) for k in final)
