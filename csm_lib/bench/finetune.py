@@ -186,7 +186,8 @@ def bench_finetune(seed: int = 0, out: Path | None = None) -> dict:
         meta = checkpoint.load_meta(path)
         runs[name] = path
         cpu[name] = {"mode": mode, "data_minutes": meta["finetune_data"]["train_minutes"],
-                     "clips": meta["finetune_data"]["train_clips"], "steps": meta["steps"], "best_step": meta["best_step"],
+                     "clips": meta["finetune_data"]["train_clips"], "steps": meta["steps"],
+                     "best_step": meta["best_step"],
                      "cpu_seconds": round(meta["cpu_seconds"], 1), "parameters": meta["finetune"]["parameters"],
                      "valid": meta["valid"], "evals": meta["evals"], "measured_with": checkpoint.model_record(path)}
 
