@@ -187,7 +187,7 @@ def bench_finetune(seed: int = 0, out: Path | None = None) -> dict:
         runs[name] = path
         cpu[name] = {"mode": mode, "data_minutes": meta["finetune_data"]["train_minutes"],
                      "clips": meta["finetune_data"]["train_clips"], "steps": meta["steps"],
-                     "best_step": meta["best_step"],
+                     "best_step": meta["best_step"], "train_c0_loss_last": float(meta["history"][-1]["c0_loss"]),
                      "cpu_seconds": round(meta["cpu_seconds"], 1), "parameters": meta["finetune"]["parameters"],
                      "valid": meta["valid"], "evals": meta["evals"], "measured_with": checkpoint.model_record(path)}
 
