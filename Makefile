@@ -253,7 +253,7 @@ finetune: setup
 
 ## bench-finetune: chapter 13's table (csm_lib/bench/finetune.py) -> results/finetune.json and results/finetune_samples/:
 ## festival's ked voice (10 min of held-out WordNet sentences, data/voices/ked) cloned by context vs fine-tuned (full,
-## LoRA; 1, 3, 10 min of data), judged on 30 held-out sentences; the old voices before and after (about 40 min on 2
+## LoRA; 1, 3, 10 min of data), judged on 30 held-out sentences; the old voices before and after (about 20 min on 2
 ## cores; resumable: fine-tunes in runs/finetune_bench/, judged turns cached there)
 bench-finetune: setup
 	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.bench.finetune
@@ -303,7 +303,7 @@ parity: setup
 ## results: every result that depends on the shipped reference, re-measured in order (csm_lib/bench/results.py:
 ## model-eval, bench-inference, bench-latency, bench-loop, seed-variants, bench-quality, bench-pronunciation,
 ## bench-serve, bench-finetune). A step whose files record the shipped checkpoint's fingerprint is skipped, so an
-## interrupted run resumes; about 4.6 h on 2 cores when everything is stale. `make results-list`: only what is stale.
+## interrupted run resumes; about 4.3 h on 2 cores when everything is stale. `make results-list`: only what is stale.
 results: setup flite
 	$(PY) -m csm_lib.bench.results
 

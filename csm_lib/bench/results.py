@@ -50,7 +50,7 @@ STEPS = (
     Step("bench-quality", ("quality_table.json",), 90),
     Step("bench-pronunciation", ("pronunciation.json",), 15),
     Step("bench-serve", ("serving.json",), 3),
-    Step("bench-finetune", ("finetune.json",), 40),
+    Step("bench-finetune", ("finetune.json",), 20),
 )
 
 
