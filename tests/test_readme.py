@@ -108,6 +108,7 @@ REFERENCE_RESULTS = ("results/reference_model.json", "results/inference.json", "
                      "results/serving.json", "results/quality_table.json", "results/pronunciation.json")
 LOOP = "results/voice_loop.json"  # make bench-loop
 STUDY = "results/alignment_study.json"  # make alignment-study
+VOICE = "results/finetune.json"  # make bench-finetune
 STAGES = "results/reference_stages.json"  # make model's two stages on the same windows (evaluate losses)
 REF_6000 = "results/reference_model_6000.json"  # make model-eval on the reference at the end of stage 1
 CK_6000 = "results/reference_6000_model.json"  # its checkpoint JSON
@@ -475,6 +476,32 @@ ENTRIES = [
     *[("| same study, whose voice", STUDY, (lambda d, a=arm: d["arms"][a]["test"]["layouts"]), lambda lay: (
         f"{lay['corpus']['sim']:.3f} / {lay['own_last']['sim']:.3f} / {lay['own_only']['sim']:.3f}"))
       for arm in ("base", "regroup")],
+    # --- your own voice (make bench-finetune, chapter 13) ---
+    ("| your own voice, cloned", VOICE, ["finetunes", "full", "data_minutes"], "never had, {:.1f} min of held-out"),
+    ("| your own voice, cloned", VOICE, ["systems", "full", "n"], "judged on {} more"),
+    ("| your own voice, cloned", VOICE, lambda d: d["systems"][d["cloning"]], lambda c: (
+        f"| {c['sim']:.3f} [{c['sim_ci95'][0]:.3f}–{c['sim_ci95'][1]:.3f}] / {c['wer']:.1%};")),
+    ("| your own voice, cloned", VOICE, lambda d: d["cloning"], lambda k: {"reference_ctx2": "two clips",
+                                                                  "reference_ctx1": "one clip"}[k]),
+    *[("| your own voice, cloned", VOICE, ["systems", k], lambda x, sep=sep: f"{x['sim']:.3f} / {x['wer']:.1%}{sep}")
+      for k, sep in (("full", ","), ("lora", ":"))],
+    ("| your own voice, cloned", VOICE, ["gain_over_cloning", "full"], lambda g: (
+        f"(full: {g['sim']:+.3f} [{g['sim_ci95'][0]:+.3f}, {g['sim_ci95'][1]:+.3f}] SIM over cloning")),
+    ("| your own voice, cloned", VOICE, lambda d: (d["gain_over_cloning"]["full"]["sim_ci95"][1], d["must_show"]),
+     lambda x: "below the +0.05 asked" if x[0] < x[1]["sim_gain_target"] == 0.05 else "?"),
+    ("| your own voice, cloned", VOICE, ["change_from_reference", "full"], lambda w: (
+        ("reading is lost" if w["wer_ci95"][0] > 0.05 else "?") + f" (WER {pts(w['wer'])} points")),
+    ("| same, what it costs", VOICE, ["old_voices", "reference", "n"], "on {} held-out corpus turns"),
+    ("| same, what it costs", VOICE, ["old_voices"], lambda o: (
+        f"| {o['reference']['wer']:.1%} / {o['reference']['sim']:.3f} vs "
+        f"{o['full']['wer']:.1%} / {o['full']['sim']:.3f};")),
+    ("| same, what it costs", VOICE, ["finetunes", "full", "steps"], "CPU for {} steps"),
+    ("| same, what it costs", VOICE, lambda d: re.search(r"(\d+) threads", d["provenance"]["device"]).group(1),
+     "steps on {} threads"),
+    ("| same, what it costs", VOICE, ["finetunes"], lambda f: (
+        f"{f['full']['cpu_seconds'] / 60:.1f} / {f['lora']['cpu_seconds'] / 60:.1f} min (LoRA trains "
+        f"{f['lora']['parameters']['trainable']:,} weights)")),
+    ("| same, what it costs", VOICE, ["finetunes", "full", "best_step"], "validation loss kept ({})"),
     ("| same study, attention", STUDY, lambda d: [max(layer) for layer in d["reference"]["attention"]["by_layer_head"]],
      lambda m: "| " + " / ".join(f"{x:.2f}" for x in m) + ";"),
     ("| same study, attention", STUDY, lambda d: max(d["arms"]["guided"]["attention"]["by_layer_head"][1]),
