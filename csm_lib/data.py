@@ -367,6 +367,14 @@ def scale_to(phones: list[tuple[str, float]], duration: float) -> list[tuple[str
     return [(p, round(t * k, 4)) for p, t in phones]
 
 
+def describe(cfg: CorpusConfig | dict) -> str:
+    """A corpus in words, for the tables a reader reads: ``"wordnet, 40 h, seed 3"`` (``cfg.key()``, the folder's
+    name, is for the cache)."""
+    c = cfg if isinstance(cfg, dict) else asdict(cfg)
+    hours = c["n_conversations"] * SECONDS_PER_CONVERSATION / 3600
+    return f"{c.get('text', 'templates')}, {hours:.0f} h, seed {c['seed']}"
+
+
 def load_manifest(folder: str | Path, split: str | None = None) -> list[dict]:
     """Rows of a built corpus (optionally one split), with ``wav`` made an absolute path."""
     folder = Path(folder)
