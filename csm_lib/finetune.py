@@ -61,7 +61,7 @@ from csm_lib.generate import (
 )
 from csm_lib.progress import progress
 from csm_lib.text import N_SPEAKERS, load_tokenizer
-from csm_lib.train import TrainConfig, evaluate, load_state, make_optimizer, save_state, train_step
+from csm_lib.train import TrainConfig, evaluate, load_state, make_optimizer, read_evals, save_state, train_step
 from csm_lib.train_codec import lr_at
 
 MODES = ("full", "lora")
@@ -247,10 +247,10 @@ def _write_log(out: Path, rows: list[dict], evals: list[dict]) -> None:
 
 
 def _read_log(out: Path, upto: int) -> tuple[list[dict], list[dict]]:
+    """The log rows before step ``upto`` and the evaluations up to it (``train.read_evals``)."""
     with (out / "log.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) < upto]
-    evals = [json.loads(line) for line in (out / "evals.jsonl").read_text().splitlines() if line.strip()]
-    return rows, [e for e in evals if e["step"] <= upto]
+    return rows, read_evals(out / "evals.jsonl", upto)
 
 
 def parse(argv: list[str]) -> FinetuneConfig:

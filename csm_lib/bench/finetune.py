@@ -75,10 +75,6 @@ def voice_sentences(corpus: data.CorpusConfig) -> dict[str, list[str]]:
     return {"eval": pool[:EVAL], "print": pool[EVAL:EVAL + PRINT], "train": pool[EVAL + PRINT:]}
 
 
-def _manifest(corpus: Path) -> list[dict]:
-    return [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines()]
-
-
 def make_voice(sents: dict[str, list[str]], root: Path = VOICE_DIR) -> dict:
     """Speak the sentences with festival: ``root`` (the training folder, up to ``MINUTES[-1]`` minutes),
     and ``root``_eval, ``root``_print (LJSpeech layout too). Kept when already made from the same sentences."""
@@ -205,8 +201,8 @@ def bench_finetune(seed: int = 0, out: Path | None = None) -> dict:
         samples[name] = [t.get("audio") for t in turns[:SAMPLES]]
     truth = [judge(A.load(c.wav)[0], A.SAMPLE_RATE, c.text, style=False) | {"text": c.text} for c in made["eval"]]
     ground_truth = summary(truth, voice_print)
-    floor_rows = [r for r in _manifest(corpus) if r["split"] == "test"][:EVAL]
-    floor = np.array([metrics.similarity(metrics.speaker_embedding(A.load(corpus / r["wav"])[0], A.SAMPLE_RATE),
+    floor_rows = data.load_manifest(corpus, "test")[:EVAL]
+    floor = np.array([metrics.similarity(metrics.speaker_embedding(A.load(r["wav"])[0], A.SAMPLE_RATE),
                                          voice_print) for r in floor_rows])
     cloning = max(("reference_ctx1", "reference_ctx2"), key=lambda k: systems[k]["sim"])
     old = {name: old_voices(path, OLD_TURNS, temperature)
@@ -231,8 +227,8 @@ def bench_finetune(seed: int = 0, out: Path | None = None) -> dict:
         "voice": {"synthesiser": "festival", "voice": VOICE, "package": "festvox-kdlpc16k",
                   "train_minutes": cpu["full"]["data_minutes"], "train_clips": len(made["train"]),
                   "eval_sentences": len(texts), "print_clips": len(made["print"]) - 2, "context_clips": 2,
-                  "overlap_eval_with_reference_train": S.overlap([r["text"] for r in _manifest(corpus)
-                                                                  if r["split"] == "train"], texts),
+                  "overlap_eval_with_reference_train": S.overlap(
+                      [r["text"] for r in data.load_manifest(corpus, "train")], texts),
                   "overlap_eval_with_finetune": S.overlap([c.text for c in made["train"]], texts)},
         "settings": {"temperature": temperature, "topk": 50, "seed": seed, "finetune_steps": FINETUNE_STEPS,
                      "new_speaker": NEW_SPEAKER, "known_speaker": KNOWN_SPEAKER, "minutes": list(MINUTES)},
