@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs alignment-study budget-gpu results results-list results-other workbook test lab lint clean-data \
+.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs alignment-study budget-gpu model-422m results results-list results-other workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
 	baselines bench-latency bench-loop serve bench-serve screenshot model-stage3 model-ship finetune bench-finetune quality-judges seed-variants bench-quality bench-pronunciation
 
@@ -188,6 +188,22 @@ budget-gpu: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.budget measure --layout=runs/gpu/layout.json --device=cuda \
 	  --out=results/paper_422m_gpu.json
 
+## model-422m: (needs a CUDA GPU; not run here) the seed's 422M model (model.PRESETS["paper_422m"], with our codec's
+## 8 codebooks) on the reference's 40 h corpus, in the configuration chapter 07's budget chose for an 8 GB card:
+## bf16 autocast without its weight cache, fused AdamW, gradient checkpointing, micro-batch 2 x 16 accumulated,
+## the allocator capped at 7.5 GB (an out-of-memory error past it, as on the card). Resumable: run it again to go on
+## (--minutes bounds a sitting). Measured at 6.1 s/step on an H200 under the cap (results/paper_422m_gpu.json):
+## 3,000 steps ~5 h there; a consumer card is slower by its bf16 throughput (an estimate, chapter 07).
+## MODEL_422M_ARGS adds or overrides options (the last one given wins), e.g. MODEL_422M_ARGS=--minutes=60.
+MODEL_422M_RECIPE = --preset=paper_422m --text=wordnet --hours=40 --corpus_seed=3 --unseen_share=0.04 \
+  --text_input=phones --batch=32 --accum=16 --max_len=512 --steps=3000 --lr=3e-4 --warmup=200 --amp=bf16 \
+  --autocast_cache=false --checkpointing=true --fused_adam=true --memory_cap_gb=7.5 --decoder_fraction=0.0625 \
+  --audio_dropout=0.5 --eval_every=250 --ckpt_every=100 --device=cuda --out=runs/paper_422m \
+  --continue_from=runs/paper_422m/model.safetensors
+MODEL_422M_ARGS ?=
+model-422m: setup
+	$(PY) -m csm_lib.train $(MODEL_422M_RECIPE) $(MODEL_422M_ARGS)
+
 ## bench-…: the timing benchmarks of chapters 04-07 (csm_lib/bench/) -> results/*.json. Run nothing else meanwhile:
 ## they time a CPU shared by two cores. The notebooks read these files; `make test` never rewrites them.
 bench-kv-cache: setup
@@ -241,20 +257,22 @@ bench-loop: setup flite
 
 ## finetune: fine-tune the shipped reference on a folder of your recordings (LJSpeech layout: metadata.csv of id|text,
 ## wavs/<id>.wav; csm_lib/voice_folder.py) -> runs/finetune/model.safetensors, which load_generator loads (speaker 2).
-## MODE=lora trains rank-8 adapters instead of every weight. Resumable: run it again to go on (FINETUNE_MINUTES per
-## sitting, 0 = to the end). `$(PY) -m csm_lib.finetune --help` lists every option. About 4 min for 200 steps on 2 cores.
+## MODE=decoder (the default) trains the audio decoder and the new speaker's embedding; full: every weight; lora: rank-8
+## adapters. Resumable: run it again to go on (FINETUNE_MINUTES per sitting, 0 = to the end). `$(PY) -m csm_lib.finetune
+## --help` lists every option. About 2 min (decoder) to 3 min (full) for 200 steps on 2 cores.
 DATA ?=
-MODE ?= full
+MODE ?= decoder
 FINETUNE_MINUTES ?= 0
 finetune: setup
-	@if [ -z "$(DATA)" ]; then echo "usage: make finetune DATA=folder [MODE=full|lora]" >&2; exit 2; fi
+	@if [ -z "$(DATA)" ]; then echo "usage: make finetune DATA=folder [MODE=decoder|full|lora]" >&2; exit 2; fi
 	OMP_NUM_THREADS=2 $(PY) -m csm_lib.finetune --data=$(DATA) --mode=$(MODE) --minutes=$(FINETUNE_MINUTES) \
 	  --out=runs/finetune
 
 ## bench-finetune: chapter 13's table (csm_lib/bench/finetune.py) -> results/finetune.json and results/finetune_samples/:
-## festival's ked voice (10 min of held-out WordNet sentences, data/voices/ked) cloned by context vs fine-tuned (full,
-## LoRA; 1, 3, 10 min of data), judged on 30 held-out sentences; the old voices before and after (about 20 min on 2
-## cores; resumable: fine-tunes in runs/finetune_bench/, judged turns cached there)
+## festival's ked voice (10 min of held-out WordNet sentences, data/voices/ked) cloned by context vs fine-tuned (decoder,
+## full, LoRA, full with replay; 1, 3, 10 min of data), the modes chosen between on the folder's held-out clips and
+## judged on 30 held-out sentences; the old voices before and after (about 40 min on 2 cores; resumable: fine-tunes
+## in runs/finetune_bench/, judged turns cached there)
 bench-finetune: setup
 	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.bench.finetune
 

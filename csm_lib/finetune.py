@@ -1,9 +1,10 @@
-"""Fine-tune a trained CSM on a folder of your own recordings: all weights, or low-rank adapters.
+"""Fine-tune a trained CSM on a folder of your own recordings: its audio decoder, all weights, or low-rank adapters.
 
-    python -m csm_lib.finetune --data=my_voice                  # full fine-tuning, 200 steps
-    python -m csm_lib.finetune --data=my_voice --mode=lora      # adapters only (lora.py), merged at the end
+    python -m csm_lib.finetune --data=my_voice                  # the audio decoder + the new speaker, 200 steps
+    python -m csm_lib.finetune --data=my_voice --mode=full      # every weight
+    python -m csm_lib.finetune --data=my_voice --mode=lora      # low-rank adapters (lora.py), merged at the end
     python -m csm_lib.finetune --help                           # every option
-    make finetune DATA=my_voice
+    make finetune DATA=my_voice [MODE=full|lora]
 
 The folder is read by ``voice_folder.py`` (LJSpeech layout). Its clips get one speaker id: by
 default the first id the base model never trained (the reference trained ids 0 and 1, so a new
@@ -12,13 +13,23 @@ chooses per clip. A tenth of the folder's conversations is held out to report a 
 
 The step is the training step of ``train.py`` (``train.train_step``: the same loss, windows of
 consecutive turns, compute amortization), on the folder's windows, from the base model's weights,
-with a fresh warm-up and cosine decay (``train_codec.lr_at``). ``--mode=lora`` freezes the model
-and trains rank-``rank`` adapters and the text embeddings (``lora.add_adapters``); the final model
-has them merged, so it is an ordinary checkpoint.
+with a fresh warm-up and cosine decay (``train_codec.lr_at``). Which weights move is the ``mode``:
 
-Ten minutes of one voice are learnt by heart within a few hundred steps, so every ``eval_every`` steps (and
-at step 0, the base model itself) the validation loss on the held-out clips is measured, and the final model
-is the one of the lowest: early stopping, chosen on the folder's own held-out clips, never on a test.
+* ``decoder`` (the default): the audio decoder side and the new speaker's embedding (``freeze_to_decoder``). The
+  backbone, which reads the text and picks codebook 0, stays the base model's, so the model keeps reading; the
+  voice's fine acoustic detail (codebooks 1..K-1) and its speaker token are learnt.
+* ``full``: every weight. Ten minutes of a voice are learnt by heart, and reading new sentences is lost.
+* ``lora``: rank-``rank`` adapters and the text embeddings (``lora.add_adapters``), merged into an ordinary
+  checkpoint at the end.
+
+``replay > 0`` draws that share of the training windows from the base model's own corpus (whole conversations of
+its training split, at random), the usual remedy for forgetting; it needs that corpus on disk (the error says how
+to build it). Chapter 13 measures each mode and replay on the folder's held-out clips and on held-out sentences;
+the defaults are what won on the held-out clips.
+
+Ten minutes of one voice are learnt by heart within a few hundred steps, so every ``eval_every`` steps (and at
+step 0, the base model itself) the validation loss on the held-out clips is measured, and the final model is
+the one of the lowest: early stopping, chosen on the folder's own held-out clips, never on a test.
 
 Resumable: every ``ckpt_every`` steps the state (weights, adapters, AdamW) is written atomically
 to ``<out>``; running the same command again continues from it (``--minutes`` bounds one sitting).
@@ -38,6 +49,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -46,9 +58,9 @@ from pathlib import Path
 import torch
 
 from csm_lib import audio as A
-from csm_lib import checkpoint, lora
+from csm_lib import checkpoint, data, lora
 from csm_lib import voice_folder as V
-from csm_lib.dataset import ConversationWindows
+from csm_lib.dataset import ConversationWindows, encode_corpus, tokenize_turns
 from csm_lib.generate import (
     REFERENCE_CODEC,
     REFERENCE_MODEL,
@@ -64,7 +76,8 @@ from csm_lib.text import N_SPEAKERS, load_tokenizer
 from csm_lib.train import TrainConfig, evaluate, load_state, make_optimizer, read_evals, save_state, train_step
 from csm_lib.train_codec import lr_at
 
-MODES = ("full", "lora")
+MODES = ("decoder", "full", "lora")
+DECODER_SIDE = ("decoder", "projection", "audio_head")  # backbone state -> codebooks 1..K-1 (model.py)
 
 
 @dataclass
@@ -72,11 +85,12 @@ class FinetuneConfig:
     data: str = ""
     base: str = str(REFERENCE_MODEL)
     codec: str = str(REFERENCE_CODEC)
-    mode: str = "full"
+    mode: str = "decoder"
     rank: int = 8
     alpha: float = 16.0
     speaker: int = -1
     group: int = 4
+    replay: float = 0.0
     data_minutes: float = 0.0
     valid_share: float = 0.1
     steps: int = 200
@@ -98,6 +112,8 @@ class FinetuneConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.steps < 1 or self.batch < 1:
             raise ValueError(f"steps ({self.steps}) and batch ({self.batch}) must be at least 1")
+        if not 0 <= self.replay < 1:
+            raise ValueError(f"replay must be in [0, 1) (a share of the training windows), got {self.replay}")
         if not 0 <= self.valid_share < 1:
             raise ValueError(f"valid_share must be in [0, 1), got {self.valid_share}")
         if self.rank < 1 or self.group < 1:
@@ -107,18 +123,20 @@ class FinetuneConfig:
 
     @property
     def peak_lr(self) -> float:
-        """``lr``, or the mode's default: adapters start at zero and take a larger step."""
-        return self.lr or (3e-4 if self.mode == "full" else 2e-3)
+        """``lr``, or the mode's default: adapters start at zero and take a larger step, all weights a smaller one."""
+        return self.lr or {"decoder": 1e-3, "full": 3e-4, "lora": 2e-3}[self.mode]
 
 
 HELP = {
     "data": "the folder of recordings (LJSpeech layout: metadata.csv and wavs/; voice_folder.py)",
     "base": "the model to fine-tune",
     "codec": "its codec (the one it was trained with)",
-    "mode": "full: every weight; lora: low-rank adapters and the text embeddings (lora.py)",
+    "mode": "decoder: the audio decoder and the new speaker's embedding (the backbone reads as before); "
+            "full: every weight; lora: low-rank adapters and the text embeddings (lora.py)",
     "rank": "lora: the adapters' rank r", "alpha": "lora: their scale alpha (the update is alpha/r * B A)",
     "speaker": "the speaker id of clips without a speaker column; -1: the first id the base model never trained",
     "group": "clips per conversation when metadata.csv has no conversation column",
+    "replay": "share of training windows replayed from the base model's own corpus, so it keeps reading; 0: none",
     "data_minutes": "> 0: train on only the first clips adding up to this many minutes",
     "valid_share": "share of the folder's conversations held out for the validation loss",
     "steps": "optimizer steps", "minutes": "> 0: stop this sitting after this much training (resume: run again)",
@@ -160,23 +178,98 @@ def folder_turns(cfg: FinetuneConfig, base_meta: dict, tokenizer, codec) -> tupl
     return train, valid, info
 
 
+def freeze_to_decoder(model: torch.nn.Module, speaker_tokens: list[int]) -> dict[str, int]:
+    """``mode=decoder``: freeze all but the decoder side (``DECODER_SIDE``) and the folder's speakers' rows of the
+    text embeddings (their gradient masked to those rows). The backbone, its codebook-0 head and every embedding keep
+    the base model's weights, so the model reads as it did and picks codebook 0 as it did; what it learns is the
+    speaker's token and how the audio decoder fills codebooks 1..K-1, the fine acoustic detail of the voice.
+    Returns the parameter counts ``{"trainable", "frozen"}`` (of the embedding table, only those rows count)."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.split(".")[0] in DECODER_SIDE)
+    table = model.text_embeddings.weight
+    table.requires_grad_(True)
+    row = torch.zeros_like(table)
+    row[speaker_tokens] = 1.0
+    table.register_hook(lambda grad: grad * row)  # every other row (phones, the other speakers) stays as it was
+    trainable = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in DECODER_SIDE)
+    trainable += len(set(speaker_tokens)) * table.shape[1]
+    return {"trainable": trainable, "frozen": sum(p.numel() for p in model.parameters()) - trainable}
+
+
+class MissingCorpus(RuntimeError):
+    """Replay was asked for, but the base model's corpus is not on disk."""
+
+
+class OtherRun(ValueError):
+    """The run folder holds a fine-tune with other settings: it cannot be resumed with these."""
+
+
+def replay_corpus(cfg: FinetuneConfig, base_meta: dict) -> Path:
+    """The base model's corpus folder, which replay reads; checked before any work is done."""
+    t = base_meta["train"]
+    corpus = data.corpus_of(t)
+    folder = data.DEFAULT_ROOT / corpus.key()
+    if not (folder / "manifest.jsonl").exists():
+        build = (f"python -m csm_lib.data --hours {t['hours']:g} --seed {t['corpus_seed']} --text {t['text']} "
+                 f"--unseen_share {t.get('unseen_share', 0.0):g}")
+        raise MissingCorpus(
+            f"replay={cfg.replay} draws windows from the base model's corpus ({data.describe(corpus)}), which is not "
+            f"at {folder}: build it with `{build}` (about 45 s per hour of speech on 2 cores; `make corpus` builds "
+            "another one), or pass --replay=0 to train on the folder alone")
+    return folder
+
+
+def replay_turns(cfg: FinetuneConfig, base_meta: dict, tokenizer, codec, n_folder: int) -> tuple[list, dict]:
+    """Whole conversations of the base model's training split, drawn at random (``cfg.seed``) until their
+    windows are ``replay / (1 - replay)`` times the folder's ``n_folder``: ``replay`` of all windows."""
+    folder = replay_corpus(cfg, base_meta)
+    rows = data.load_manifest(folder)
+    by_conv: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["split"] == "train":
+            by_conv.setdefault(r["conversation"], []).append(r)
+    order = sorted(by_conv)
+    random.Random(cfg.seed).shuffle(order)
+    want, chosen, n = cfg.replay / (1 - cfg.replay) * n_folder, [], 0
+    for conv in order:
+        if n >= want:
+            break
+        chosen += by_conv[conv]
+        n += len(by_conv[conv])  # one window per turn
+    codes = encode_corpus(folder, rows, codec, checkpoint.fingerprint(cfg.codec))  # cached by training
+    turns = tokenize_turns(chosen, codes, tokenizer)
+    return turns, {"corpus": data.describe(data.corpus_of(base_meta["train"])),
+                   "conversations": len({r["conversation"] for r in chosen}), "windows": n}
+
+
 def finetune(cfg: FinetuneConfig) -> Path:
     """Fine-tune (module docstring); returns the path of the final ``model.safetensors``."""
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     model, base_meta = load_model(cfg.base)
+    if cfg.replay > 0:
+        replay_corpus(cfg, base_meta)
     tokenizer = load_tokenizer(tokenizer_path(cfg.base))
     codec, _ = load_codec(cfg.codec)
     tcfg = train_settings(cfg, base_meta)
     train_turns, valid_turns, info = folder_turns(cfg, base_meta, tokenizer, codec)
-    train_w = ConversationWindows(train_turns, tcfg.max_len)
+    replayed, info["replay"] = [], None
+    if cfg.replay > 0:  # the base model's own conversations beside the folder's (module docstring)
+        replayed, info["replay"] = replay_turns(cfg, base_meta, tokenizer, codec, len(train_turns))
+    train_w = ConversationWindows(train_turns + replayed, tcfg.max_len)
     valid_w = ConversationWindows(valid_turns, tcfg.max_len) if valid_turns else None  # valid_share=0: no loss
     torch.manual_seed(cfg.seed)
     model.train()
-    counts = lora.add_adapters(model, cfg.rank, cfg.alpha) if cfg.mode == "lora" else {
-        "trainable": sum(p.numel() for p in model.parameters()), "frozen": 0}
+    if cfg.mode == "lora":
+        counts = lora.add_adapters(model, cfg.rank, cfg.alpha)
+    elif cfg.mode == "decoder":
+        counts = freeze_to_decoder(model, [tokenizer.speaker_token(k) for k in info["speakers"]])
+    else:
+        counts = {"trainable": sum(p.numel() for p in model.parameters()), "frozen": 0}
     opt = make_optimizer(model, tcfg)
     resumed = (out / "latest").exists()
+    if resumed:
+        _check_resume(out, cfg)
     start = load_state(out, model, opt) if resumed else 0
     rows, evals = _read_log(out, start) if resumed else ([], [])
     out.mkdir(parents=True, exist_ok=True)
@@ -228,6 +321,19 @@ def finetune(cfg: FinetuneConfig) -> Path:
     return out / "model.safetensors"
 
 
+SITTING = ("minutes", "threads")  # settings a resumed sitting may change
+
+
+def _check_resume(out: Path, cfg: FinetuneConfig) -> None:
+    """A run folder resumes only the fine-tune it holds: the same settings, but for how long a sitting lasts."""
+    saved = checkpoint.load_meta(out / (out / "latest").read_text().strip())["finetune"]
+    differ = [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in asdict(cfg).items()
+              if k not in SITTING and saved.get(k) != v]
+    if differ:
+        raise OtherRun(f"{out} holds a fine-tune with other settings ({'; '.join(differ)}): run it with its own "
+                         "settings to resume it, or pass another --out")
+
+
 def _keep_best(out: Path, model: torch.nn.Module, evals: list[dict]) -> None:
     """Write the weights to ``out/best`` when the latest validation loss is the lowest so far (ties: the earlier)."""
     if evals[-1]["valid_loss"] < min((e["valid_loss"] for e in evals[:-1]), default=float("inf")):
@@ -267,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse(sys.argv[1:] if argv is None else argv)
     try:
         finetune(cfg)
-    except V.FolderError as e:
+    except (V.FolderError, MissingCorpus, OtherRun) as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -90,6 +90,7 @@ class TrainConfig:
     autocast_cache: bool = True  # autocast reuses each weight's cast within the forward (no effect on the peak)
     checkpointing: bool = False  # gradient checkpointing in the backbone
     fused_adam: bool = False  # CUDA's fused AdamW: no parameter-sized temporaries in the step (budget.py)
+    memory_cap_gb: float = 0.0  # > 0 (CUDA): the allocator may hold no more than this (an 8 GB card's budget)
     decoder_fraction: float = 1 / 16
     audio_dropout: float = 0.0  # model.CSMConfig.audio_dropout
     align: str = ""  # training-only alignment losses, "+"-joined: phone | ctc | guided (alignment.py)
@@ -129,6 +130,9 @@ class TrainConfig:
             raise ValueError(f"align must be '' or '+'-joined remedies of {REMEDIES}, got {self.align!r}")
         if self.align and self.text_input != "phones":
             raise ValueError("the alignment losses read the text as phones: use text_input=phones")
+        if (self.fused_adam or self.memory_cap_gb) and not self.device.startswith("cuda"):
+            raise ValueError(f"fused_adam needs a CUDA device, and memory_cap_gb caps one (device={self.device!r}): "
+                             "leave them false and 0 on the CPU")
         if not 0 <= self.regroup <= 1:
             raise ValueError(f"regroup must be a share in [0, 1], got {self.regroup}")
 
@@ -171,8 +175,6 @@ def make_optimizer(model: CSM, cfg: TrainConfig, extra: torch.nn.Module | None =
     params = [p for p in (*model.parameters(), *(extra.parameters() if extra is not None else ())) if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    if cfg.fused_adam and not str(cfg.device).startswith("cuda"):
-        raise ValueError("fused_adam needs a CUDA device; leave it false on the CPU")
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
                              fused=True if cfg.fused_adam else None)
@@ -403,6 +405,9 @@ def train(cfg: TrainConfig, judge: Callable[[CSM, dict], dict] | None = None) ->
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device if cfg.device != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    if cfg.memory_cap_gb:  # an out-of-memory error past the cap, as on a card of that size
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.memory_cap_gb * 1e9 / total), device)
     out = Path(cfg.out)
     origin = checkpoint.provenance("csm_lib.train", device)
     train_w, valid_w, mcfg, info = load_data(cfg)

@@ -27,13 +27,14 @@ def folder(tmp_path_factory) -> Path:
 
 
 def run(folder: Path, out: Path, **kw) -> Path:
+    """A three-step fine-tune on the folder alone (replay is tested below, on a small corpus)."""
     cfg = finetune.FinetuneConfig(data=str(folder), out=str(out), steps=3, batch=2, group=2, warmup=1,
-                                  eval_every=0, ckpt_every=1, log_every=1, threads=1, **kw)
+                                  eval_every=0, ckpt_every=1, log_every=1, threads=1, **{"replay": 0.0} | kw)
     return finetune.finetune(cfg)
 
 
 def test_full_finetune_writes_a_model_load_generator_loads(folder, tmp_path):
-    path = run(folder, tmp_path / "full")
+    path = run(folder, tmp_path / "full", mode="full")
     meta = checkpoint.load_meta(path)
     assert meta["steps"] == 3 and meta["finetune"]["mode"] == "full"
     assert meta["base"] == checkpoint.model_record(REFERENCE_MODEL)  # provenance: which model it came from
@@ -47,6 +48,36 @@ def test_full_finetune_writes_a_model_load_generator_loads(folder, tmp_path):
     ref, _ = checkpoint.load(REFERENCE_MODEL)
     new, _ = checkpoint.load(path)
     assert set(new) == set(ref) and not torch.equal(new["audio_embeddings.weight"], ref["audio_embeddings.weight"])
+
+
+def test_decoder_finetune_moves_only_the_decoder_side_and_the_new_speaker(folder, tmp_path):
+    path = run(folder, tmp_path / "decoder")  # the default mode
+    meta = checkpoint.load_meta(path)
+    assert meta["finetune"]["mode"] == "decoder"
+    ref, _ = checkpoint.load(REFERENCE_MODEL)
+    new, _ = checkpoint.load(path)
+    moved = {k for k in ref if not torch.equal(ref[k].float(), new[k].float())}
+    assert moved and all(k.split(".")[0] in finetune.DECODER_SIDE + ("text_embeddings",) for k in moved)
+    assert not any(k.startswith(("backbone.", "codebook0_head.", "audio_embeddings.")) for k in moved)  # reads
+    rows = (ref["text_embeddings.weight"] != new["text_embeddings.weight"]).any(1).nonzero().flatten().tolist()
+    tok = load_generator(path).tokenizer
+    assert rows == [tok.speaker_token(2)]  # of the text embeddings only the new speaker's row
+    counts = meta["finetune"]["parameters"]
+    assert counts["trainable"] == sum(v.numel() for k, v in ref.items() if k.split(".")[0] in finetune.DECODER_SIDE) \
+        + ref["text_embeddings.weight"].shape[1]
+
+
+def test_the_defaults_are_the_fine_tune_chosen_on_the_folders_held_out_clips():
+    """bench-finetune judges each ten-minute fine-tune on the folder's held-out clips (not the eval sentences);
+    FinetuneConfig's defaults must be the one its rule chooses, recomputed here from the judged numbers."""
+    r = json.loads((ROOT / "results/finetune.json").read_text())["selection"]
+    judged, bar = r["systems"], r["systems"]["reference_ctx2"]["wer"] + 0.05
+    reading = [k for k in ("decoder", "full", "lora", "full_replay") if judged[k]["wer"] <= bar]
+    assert r["chosen"] == (max(reading, key=lambda k: judged[k]["sim"]) if reading else
+                           min(("decoder", "full", "lora", "full_replay"), key=lambda k: judged[k]["wer"]))
+    cfg = finetune.FinetuneConfig()
+    assert (cfg.mode, cfg.replay) == (r["chosen_settings"]["mode"], r["chosen_settings"]["replay"])
+    assert r["n"] >= 10 and all(s["n"] == r["n"] for s in judged.values())
 
 
 def test_lora_finetune_moves_only_adapted_weights(folder, tmp_path):
@@ -120,3 +151,46 @@ def test_the_final_model_is_the_step_of_the_lowest_validation_loss(folder, tmp_p
     best, _ = checkpoint.load(out / "best")
     final, _ = checkpoint.load(out / "model")
     assert all(torch.equal(best[k], final[k]) for k in final)
+
+
+SMALL_CORPUS = {"hours": 0.1, "corpus_seed": 5, "text": "templates", "unseen_share": 0.0}  # test_train's corpus
+
+
+def test_replay_draws_whole_conversations_of_the_base_corpus_training_split():
+    from csm_lib import data
+    from csm_lib.generate import load_codec, tokenizer_path
+    from csm_lib.text import load_tokenizer
+    meta = checkpoint.load_meta(REFERENCE_MODEL)
+    meta = meta | {"train": meta["train"] | SMALL_CORPUS}
+    data.build(data.corpus_of(meta["train"]))  # cached
+    codec, _ = load_codec(meta["train"]["codec"])
+    tok = load_tokenizer(tokenizer_path(REFERENCE_MODEL))
+    cfg = finetune.FinetuneConfig(data="unused", replay=0.75)
+    turns, info = finetune.replay_turns(cfg, meta, tok, codec, n_folder=10)
+    assert len(turns) == info["windows"] >= 30  # replay / (1 - replay) = 3 windows per folder window
+    rows = data.load_manifest(data.DEFAULT_ROOT / data.corpus_of(meta["train"]).key())
+    by_conv = {}
+    for r in rows:
+        by_conv.setdefault(r["conversation"], []).append(r)
+    convs = {t.conversation for t in turns}
+    assert len(convs) == info["conversations"]
+    assert all(r["split"] == "train" for c in convs for r in by_conv[c])  # never a held-out conversation
+    assert sum(len(by_conv[c]) for c in convs) == len(turns)  # whole conversations
+    assert len(turns) - max(len(by_conv[c]) for c in convs) < 30  # and no more than needed
+    assert {t.speaker for t in turns} <= {0, 1}  # the voices the base model knew
+    again, _ = finetune.replay_turns(cfg, meta, tok, codec, n_folder=10)
+    assert [t.row["wav"] for t in again] == [t.row["wav"] for t in turns]  # seeded
+
+
+def test_replay_without_the_base_corpus_says_how_to_get_it(folder, tmp_path, monkeypatch):
+    from csm_lib import data
+    monkeypatch.setattr(data, "DEFAULT_ROOT", tmp_path / "no_corpus")
+    with pytest.raises(finetune.MissingCorpus, match=r"python -m csm_lib.data --hours 40.*--replay=0"):
+        run(folder, tmp_path / "run", replay=0.5)
+    assert not (tmp_path / "run" / "latest").exists()  # refused before any training
+
+
+def test_a_run_folder_resumes_only_its_own_settings(folder, tmp_path):
+    run(folder, tmp_path / "run", minutes=1e-9)  # stops after its first step
+    with pytest.raises(finetune.OtherRun, match=r"lr=0\.0 there, 0\.01 now"):
+        run(folder, tmp_path / "run", lr=0.01)

@@ -483,25 +483,37 @@ ENTRIES = [
         f"| {c['sim']:.3f} [{c['sim_ci95'][0]:.3f}–{c['sim_ci95'][1]:.3f}] / {c['wer']:.1%};")),
     ("| your own voice, cloned", VOICE, lambda d: d["cloning"], lambda k: {"reference_ctx2": "two clips",
                                                                   "reference_ctx1": "one clip"}[k]),
+    ("| your own voice, cloned", VOICE, lambda d: d["selection"]["chosen"], lambda k: {
+        "decoder": "the audio decoder (the default, chosen on the folder's held-out clips)"}[k]),
     *[("| your own voice, cloned", VOICE, ["systems", k], lambda x, sep=sep: f"{x['sim']:.3f} / {x['wer']:.1%}{sep}")
-      for k, sep in (("full", ","), ("lora", ":"))],
+      for k, sep in (("decoder", ","), ("full", ":"))],
+    ("| your own voice, cloned", VOICE, ["change_from_reference", "decoder"], lambda w: (
+        f"the decoder keeps reading (WER {pts(w['wer'])} points [{pts(w['wer_ci95'][0])}, {pts(w['wer_ci95'][1])}]"
+        if w["wer_ci95"][0] < 0 < w["wer_ci95"][1] else "?")),
+    ("| your own voice, cloned", VOICE, ["gain_over_cloning", "decoder"], lambda g: (
+        f"at cloning's SIM ({g['sim']:+.3f} [{g['sim_ci95'][0]:+.3f}, {g['sim_ci95'][1]:+.3f}])"
+        if g["sim_ci95"][0] < 0 < g["sim_ci95"][1] else "?")),
     ("| your own voice, cloned", VOICE, ["gain_over_cloning", "full"], lambda g: (
-        f"(full: {g['sim']:+.3f} [{g['sim_ci95'][0]:+.3f}, {g['sim_ci95'][1]:+.3f}] SIM over cloning")),
+        f"(+{g['sim']:.3f} [+{g['sim_ci95'][0]:.3f}, +{g['sim_ci95'][1]:.3f}] SIM over cloning")),
     ("| your own voice, cloned", VOICE, lambda d: (d["gain_over_cloning"]["full"]["sim_ci95"][1], d["must_show"]),
      lambda x: "below the +0.05 asked" if x[0] < x[1]["sim_gain_target"] == 0.05 else "?"),
     ("| your own voice, cloned", VOICE, ["change_from_reference", "full"], lambda w: (
-        ("reading is lost" if w["wer_ci95"][0] > 0.05 else "?") + f" (WER {pts(w['wer'])} points")),
+        ("loses reading" if w["wer_ci95"][0] > 0.05 else "?") + f" (WER {pts(w['wer'])} points")),
     ("| same, what it costs", VOICE, ["old_voices", "reference", "n"], "on {} held-out corpus turns"),
     ("| same, what it costs", VOICE, ["old_voices"], lambda o: (
         f"| {o['reference']['wer']:.1%} / {o['reference']['sim']:.3f} vs "
-        f"{o['full']['wer']:.1%} / {o['full']['sim']:.3f};")),
+        f"{o['decoder']['wer']:.1%} / {o['decoder']['sim']:.3f}, {o['full']['wer']:.1%} / {o['full']['sim']:.3f}, "
+        f"{o['full_replay']['wer']:.1%} / {o['full_replay']['sim']:.3f};")),
+    ("| same, what it costs", VOICE, ["settings", "replay"],
+     lambda r: "half of each batch replayed" if r == 0.5 else "?"),
     ("| same, what it costs", VOICE, ["finetunes", "full", "steps"], "CPU for {} steps"),
     ("| same, what it costs", VOICE, lambda d: re.search(r"(\d+) threads", d["provenance"]["device"]).group(1),
      "steps on {} threads"),
     ("| same, what it costs", VOICE, ["finetunes"], lambda f: (
-        f"{f['full']['cpu_seconds'] / 60:.1f} / {f['lora']['cpu_seconds'] / 60:.1f} min (LoRA trains "
-        f"{f['lora']['parameters']['trainable']:,} weights)")),
-    ("| same, what it costs", VOICE, ["finetunes", "full", "best_step"], "validation loss kept ({})"),
+        f"{f['decoder']['cpu_seconds'] / 60:.1f} / {f['full']['cpu_seconds'] / 60:.1f} min (the decoder trains "
+        f"{f['decoder']['parameters']['trainable']:,} weights)")),
+    ("| same, what it costs", VOICE, ["finetunes"], lambda f: (
+        f"validation loss kept ({f['decoder']['best_step']} / {f['full']['best_step']})")),
     ("| same study, attention", STUDY, lambda d: [max(layer) for layer in d["reference"]["attention"]["by_layer_head"]],
      lambda m: "| " + " / ".join(f"{x:.2f}" for x in m) + ";"),
     ("| same study, attention", STUDY, lambda d: max(d["arms"]["guided"]["attention"]["by_layer_head"][1]),

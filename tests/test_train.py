@@ -270,3 +270,27 @@ def test_stage_losses_reads_the_loss_training_reports(windows):
     cfg = TrainConfig(preset="tiny", batch=4, eval_batches=2)
     assert c0_loss(model, w, 8, batch=3) == pytest.approx(evaluate(model, w, cfg, torch.device("cpu"))["valid_c0_loss"],
                                                           abs=2e-4)
+
+
+def test_make_model_422m_recipe_runs_two_steps_on_the_cpu(tmp_path):
+    """``make model-422m``'s own options (read from the Makefile), with only what a CPU cannot do overridden:
+    the device, CUDA's fused AdamW and its allocator cap; a small corpus, two steps of shorter windows."""
+    recipe = subprocess.run(["make", "-s", "--eval", "print-%: ; @echo $($*)", "print-MODEL_422M_RECIPE"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert {"--preset=paper_422m", "--checkpointing=true", "--fused_adam=true", "--amp=bf16",
+            "--memory_cap_gb=7.5"} <= set(recipe)
+    cpu = ["--device=cpu", "--fused_adam=false", "--memory_cap_gb=0", "--hours=0.1", "--corpus_seed=5",
+           "--text=templates", "--unseen_share=0", "--steps=2", "--batch=2", f"--accum={2}", "--max_len=192",
+           "--eval_every=0", "--log_every=1", "--threads=2", f"--out={tmp_path}", "--continue_from="]
+    env = os.environ | {"CSM_PROGRESS": "0"}
+    p = subprocess.run([sys.executable, "-m", "csm_lib.train", *recipe, *cpu], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    meta = checkpoint.load_meta(tmp_path / "model.safetensors")
+    assert meta["steps"] == 2 and meta["train"]["checkpointing"] and meta["train"]["amp"] == "bf16"
+    assert meta["config"]["backbone"]["dim"] == 1024 and meta["config"]["backbone"]["n_layers"] == 25
+    assert all(torch.isfinite(torch.tensor(list(losses(tmp_path).values()))))
+    with pytest.raises(ValueError, match="fused_adam needs a CUDA device"):  # no silent CPU fallback
+        TrainConfig(fused_adam=True, device="cpu")
+    with pytest.raises(ValueError, match="memory_cap_gb caps one"):
+        TrainConfig(memory_cap_gb=7.5, device="cpu")
