@@ -144,3 +144,40 @@ def test_chapter_00_maps_every_chapter_to_files_that_exist():
     prefixes = {"", "serve/", "baselines/", "judges/", "bench/"}
     missing = sorted(f for f in named if not any((package / (p + f)).exists() for p in prefixes))
     assert not missing, f"the map names files csm_lib does not have: {missing}"
+
+
+SOLUTIONS = ROOT / "notebooks" / "solutions"
+SOLVED = re.compile(r"Worked solutions: \[`(solutions_\d\d-\d\d)\.ipynb`\]\(solutions/\1\.ipynb\), "
+                    r"section \"Chapter (\d\d)\"")
+
+
+@pytest.mark.parametrize("path", chapters())
+def test_every_chapter_points_to_its_worked_solutions(path):
+    """The exercises cell names a solutions notebook that exists and holds a section for this chapter, in which
+    every exercise of the chapter is answered by its number (run, or what to run and look for)."""
+    cells = markdown(path)
+    exercises = cells[heading_cell(cells, "## Exercises")]
+    found = SOLVED.search(exercises)
+    assert found and found.group(2) == path.name[:2], "the exercises cell links its solutions section"
+    solutions = SOLUTIONS / f"{found.group(1)}.ipynb"
+    assert solutions.exists()
+    text = "\n".join(markdown(solutions))
+    section = re.split(r"(?m)^## Chapter ", text)
+    mine = next((s for s in section if s.startswith(path.name[:2])), None)
+    assert mine is not None, f"{solutions.name} has no '## Chapter {path.name[:2]}' section"
+    n = len(re.findall(r"(?m)^\d+\. ", exercises.split("## Exercises", 1)[1]))
+    answered = {int(x) for x in re.findall(r"\*\*(\d+)\b", mine)} | {
+        int(x) for group in re.findall(r"(?:^|\n)(\d+(?:, \d+)*(?: and \d+)?) (?:need|take|are|change)", mine)
+        for x in re.findall(r"\d+", group)} | {int(x) for a, b in re.findall(r"\*\*(\d+)[–-](\d+)\*\*", mine)
+                                                for x in range(int(a), int(b) + 1)}
+    if "All four exercises" in mine or "all four exercises" in mine:
+        answered |= {1, 2, 3, 4}
+    missing = sorted(set(range(1, n + 1)) - answered)
+    assert not missing, f"exercises {missing} of chapter {path.name[:2]} are not answered in {solutions.name}"
+
+
+def test_solutions_tell_no_history():
+    for nb in sorted(SOLUTIONS.glob("*.ipynb")):
+        text = "\n".join(markdown(nb))
+        found = sorted({m.group(0) for m in ISSUE.finditer(text)} | {m.group(0) for m in CORPUS_HASH.finditer(text)})
+        assert not found, f"{nb.name}: {found}"
