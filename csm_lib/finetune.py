@@ -16,8 +16,9 @@ consecutive turns, compute amortization), on the folder's windows, from the base
 with a fresh warm-up and cosine decay (``train_codec.lr_at``). Which weights move is the ``mode``:
 
 * ``decoder`` (the default): the audio decoder side and the new speaker's embedding (``freeze_to_decoder``). The
-  backbone, which reads the text and picks codebook 0, stays the base model's, so the model keeps reading; the
-  voice's fine acoustic detail (codebooks 1..K-1) and its speaker token are learnt.
+  backbone, which reads the text and picks codebook 0, keeps the base model's weights (only the new speaker's
+  token embedding is new), so what it learnt about reading stays; the voice's fine acoustic detail (codebooks
+  1..K-1) and its speaker token are learnt.
 * ``full``: every weight. Ten minutes of a voice are learnt by heart, and reading new sentences is lost.
 * ``lora``: rank-``rank`` adapters and the text embeddings (``lora.add_adapters``), merged into an ordinary
   checkpoint at the end.
@@ -118,6 +119,9 @@ class FinetuneConfig:
             raise ValueError(f"valid_share must be in [0, 1), got {self.valid_share}")
         if self.rank < 1 or self.group < 1:
             raise ValueError(f"rank ({self.rank}) and group ({self.group}) must be at least 1")
+        if self.mode == "decoder" and self.weight_decay:
+            raise ValueError("mode=decoder trains one row of the text embeddings and keeps the others; weight decay "
+                             f"would shrink those too: leave weight_decay at 0 (got {self.weight_decay})")
         if not -1 <= self.speaker < N_SPEAKERS:
             raise ValueError(f"speaker must be -1 (the first new id) or 0..{N_SPEAKERS - 1}, got {self.speaker}")
 
@@ -140,7 +144,7 @@ HELP = {
     "data_minutes": "> 0: train on only the first clips adding up to this many minutes",
     "valid_share": "share of the folder's conversations held out for the validation loss",
     "steps": "optimizer steps", "minutes": "> 0: stop this sitting after this much training (resume: run again)",
-    "batch": "windows per step", "lr": "peak learning rate; 0: 3e-4 (full) or 2e-3 (lora)",
+    "batch": "windows per step", "lr": "peak learning rate; 0: 1e-3 (decoder), 3e-4 (full) or 2e-3 (lora)",
     "warmup": "warm-up steps", "weight_decay": "AdamW weight decay on matrices", "clip": "gradient-norm clip",
     "eval_every": "steps between validation losses (0: none); the final model is the step with the lowest",
     "ckpt_every": "steps between saved states",
@@ -180,9 +184,11 @@ def folder_turns(cfg: FinetuneConfig, base_meta: dict, tokenizer, codec) -> tupl
 
 def freeze_to_decoder(model: torch.nn.Module, speaker_tokens: list[int]) -> dict[str, int]:
     """``mode=decoder``: freeze all but the decoder side (``DECODER_SIDE``) and the folder's speakers' rows of the
-    text embeddings (their gradient masked to those rows). The backbone, its codebook-0 head and every embedding keep
-    the base model's weights, so the model reads as it did and picks codebook 0 as it did; what it learns is the
-    speaker's token and how the audio decoder fills codebooks 1..K-1, the fine acoustic detail of the voice.
+    text embeddings (their gradient masked to those rows; ``FinetuneConfig`` refuses weight decay in this mode,
+    which would shrink the other rows). The backbone, its codebook-0 head and every other embedding keep the base
+    model's weights, so what it learnt about reading stays; what changes is the speaker's token (which the backbone
+    reads, so codebook 0 may change for that speaker) and how the audio decoder fills codebooks 1..K-1, the fine
+    acoustic detail of the voice.
     Returns the parameter counts ``{"trainable", "frozen"}`` (of the embedding table, only those rows count)."""
     for name, p in model.named_parameters():
         p.requires_grad_(name.split(".")[0] in DECODER_SIDE)
@@ -215,7 +221,8 @@ def replay_corpus(cfg: FinetuneConfig, base_meta: dict) -> Path:
         raise MissingCorpus(
             f"replay={cfg.replay} draws windows from the base model's corpus ({data.describe(corpus)}), which is not "
             f"at {folder}: build it with `{build}` (about 45 s per hour of speech on 2 cores; `make corpus` builds "
-            "another one), or pass --replay=0 to train on the folder alone")
+            "another one; its codes are then encoded once, about as long again), or pass --replay=0 to train on the "
+            "folder alone")
     return folder
 
 
@@ -246,6 +253,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
     """Fine-tune (module docstring); returns the path of the final ``model.safetensors``."""
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
+    if (out / "latest").exists():  # before any work: a folder resumes only its own fine-tune
+        _check_resume(out, cfg)
     model, base_meta = load_model(cfg.base)
     if cfg.replay > 0:
         replay_corpus(cfg, base_meta)
@@ -268,8 +277,6 @@ def finetune(cfg: FinetuneConfig) -> Path:
         counts = {"trainable": sum(p.numel() for p in model.parameters()), "frozen": 0}
     opt = make_optimizer(model, tcfg)
     resumed = (out / "latest").exists()
-    if resumed:
-        _check_resume(out, cfg)
     start = load_state(out, model, opt) if resumed else 0
     rows, evals = _read_log(out, start) if resumed else ([], [])
     out.mkdir(parents=True, exist_ok=True)
@@ -322,13 +329,18 @@ def finetune(cfg: FinetuneConfig) -> Path:
 
 
 SITTING = ("minutes", "threads")  # settings a resumed sitting may change
+LEGACY = {"replay": 0.0}  # settings a run made before they existed had (its sidecar lacks the key)
+PATHS = ("data", "base", "codec", "out")
 
 
 def _check_resume(out: Path, cfg: FinetuneConfig) -> None:
     """A run folder resumes only the fine-tune it holds: the same settings, but for how long a sitting lasts."""
-    saved = checkpoint.load_meta(out / (out / "latest").read_text().strip())["finetune"]
+    saved = LEGACY | checkpoint.load_meta(out / (out / "latest").read_text().strip())["finetune"]
+    def same(k: str, v) -> bool:  # paths compare as the files they name ("./x" is "x")
+        return Path(saved.get(k)).resolve() == Path(v).resolve() if k in PATHS else saved.get(k) == v
+
     differ = [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in asdict(cfg).items()
-              if k not in SITTING and saved.get(k) != v]
+              if k not in SITTING and not same(k, v)]
     if differ:
         raise OtherRun(f"{out} holds a fine-tune with other settings ({'; '.join(differ)}): run it with its own "
                          "settings to resume it, or pass another --out")

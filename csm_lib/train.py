@@ -130,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"align must be '' or '+'-joined remedies of {REMEDIES}, got {self.align!r}")
         if self.align and self.text_input != "phones":
             raise ValueError("the alignment losses read the text as phones: use text_input=phones")
+        if self.memory_cap_gb < 0:
+            raise ValueError(f"memory_cap_gb must be 0 (no cap) or a size in GB, got {self.memory_cap_gb}")
         if (self.fused_adam or self.memory_cap_gb) and not self.device.startswith("cuda"):
             raise ValueError(f"fused_adam needs a CUDA device, and memory_cap_gb caps one (device={self.device!r}): "
                              "leave them false and 0 on the CPU")

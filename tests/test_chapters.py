@@ -166,6 +166,7 @@ def test_every_chapter_points_to_its_worked_solutions(path):
     mine = next((s for s in section if s.startswith(path.name[:2])), None)
     assert mine is not None, f"{solutions.name} has no '## Chapter {path.name[:2]}' section"
     n = len(re.findall(r"(?m)^\d+\. ", exercises.split("## Exercises", 1)[1]))
+    assert n > 0, "the exercises are a numbered list"
     answered = {int(x) for x in re.findall(r"\*\*(\d+)\b", mine)} | {
         int(x) for group in re.findall(r"(?:^|\n)(\d+(?:, \d+)*(?: and \d+)?) (?:need|take|are|change)", mine)
         for x in re.findall(r"\d+", group)} | {int(x) for a, b in re.findall(r"\*\*(\d+)[–-](\d+)\*\*", mine)

@@ -194,3 +194,15 @@ def test_a_run_folder_resumes_only_its_own_settings(folder, tmp_path):
     run(folder, tmp_path / "run", minutes=1e-9)  # stops after its first step
     with pytest.raises(finetune.OtherRun, match=r"lr=0\.0 there, 0\.01 now"):
         run(folder, tmp_path / "run", lr=0.01)
+
+
+def test_a_run_folder_of_an_older_version_resumes_and_decoder_mode_refuses_weight_decay(folder, tmp_path):
+    out = tmp_path / "old"
+    run(folder, out, minutes=1e-9)
+    state = out / (out / "latest").read_text().strip()
+    meta = json.loads(state.with_suffix(".json").read_text())
+    del meta["finetune"]["replay"]  # as a run made before replay existed wrote it
+    state.with_suffix(".json").write_text(json.dumps(meta))
+    assert checkpoint.load_meta(run(folder, out))["steps"] == 3  # its missing replay reads as 0: resumed
+    with pytest.raises(ValueError, match="weight decay"):
+        finetune.FinetuneConfig(data=str(folder), mode="decoder", weight_decay=0.1)

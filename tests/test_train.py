@@ -283,14 +283,20 @@ def test_make_model_422m_recipe_runs_two_steps_on_the_cpu(tmp_path):
            "--text=templates", "--unseen_share=0", "--steps=2", "--batch=2", f"--accum={2}", "--max_len=192",
            "--eval_every=0", "--log_every=1", "--threads=2", f"--out={tmp_path}", "--continue_from="]
     env = os.environ | {"CSM_PROGRESS": "0"}
-    p = subprocess.run([sys.executable, "-m", "csm_lib.train", *recipe, *cpu], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
-    meta = checkpoint.load_meta(tmp_path / "model.safetensors")
-    assert meta["steps"] == 2 and meta["train"]["checkpointing"] and meta["train"]["amp"] == "bf16"
-    assert meta["config"]["backbone"]["dim"] == 1024 and meta["config"]["backbone"]["n_layers"] == 25
-    assert all(torch.isfinite(torch.tensor(list(losses(tmp_path).values()))))
+    try:  # the run writes about 7 GB (a state with AdamW's moments, the model): removed at once, not left to pytest
+        p = subprocess.run([sys.executable, "-m", "csm_lib.train", *recipe, *cpu], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        meta = checkpoint.load_meta(tmp_path / "model.safetensors")
+        assert meta["steps"] == 2 and meta["train"]["checkpointing"] and meta["train"]["amp"] == "bf16"
+        assert meta["config"]["backbone"]["dim"] == 1024 and meta["config"]["backbone"]["n_layers"] == 25
+        assert all(torch.isfinite(torch.tensor(list(losses(tmp_path).values()))))
+    finally:
+        for f in tmp_path.glob("*.safetensors"):
+            f.unlink()
     with pytest.raises(ValueError, match="fused_adam needs a CUDA device"):  # no silent CPU fallback
         TrainConfig(fused_adam=True, device="cpu")
     with pytest.raises(ValueError, match="memory_cap_gb caps one"):
         TrainConfig(memory_cap_gb=7.5, device="cpu")
+    with pytest.raises(ValueError, match="memory_cap_gb must be 0"):
+        TrainConfig(memory_cap_gb=-1, device="cuda")

@@ -51,7 +51,7 @@ from csm_lib import audio as A
 from csm_lib import checkpoint, data, metrics
 from csm_lib import sentences as S
 from csm_lib import voice_folder as V
-from csm_lib.finetune import FinetuneConfig, finetune
+from csm_lib.finetune import LEGACY, FinetuneConfig, finetune
 from csm_lib.generate import REFERENCE_MODEL, Segment, load_generator, load_model, tokenizer_path
 from csm_lib.judges.evaluate import corpus_folder, evaluate_model, judge, trained_with
 from csm_lib.outputs import results_dir
@@ -75,7 +75,6 @@ FINETUNES = {  # name: (mode, minutes of data, replay)
     "full_replay": ("full", MINUTES[-1], REPLAY),
     **{f"decoder_{m}min": ("decoder", m, 0.0) for m in MINUTES[:-1]}}
 CHOICES = ("decoder", "full", "lora", "full_replay")  # the fine-tunes of all ten minutes, chosen between
-LEGACY = {"replay": 0.0}  # settings a run made before they existed had (runs without the key are kept)
 
 
 # --- the new voice ------------------------------------------------------------------------------
@@ -182,10 +181,11 @@ def finetuned(name: str, mode: str, minutes: float, replay: float, seed: int) ->
     state = out / "latest"
     meta = checkpoint.load_meta(out / state.read_text().strip()) if state.exists() else None
     saved = LEGACY | meta["finetune"] if meta is not None else {}
-    if meta is not None and not (meta["base"] == checkpoint.model_record(REFERENCE_MODEL) and all(
-            saved.get(k) == v for k, v in asdict(cfg).items()) and meta["finetune_data"]["content_key"]
-                                 == V.content_key(V.read(VOICE_DIR))):
-        for f in out.iterdir():
+    clips = V.read(VOICE_DIR, speaker=NEW_SPEAKER, group=cfg.group)
+    data_key = V.content_key(V.first_minutes(clips, cfg.data_minutes) if cfg.data_minutes > 0 else clips)
+    if out.exists() and not (meta is not None and meta["base"] == checkpoint.model_record(REFERENCE_MODEL) and all(
+            saved.get(k) == v for k, v in asdict(cfg).items()) and meta["finetune_data"]["content_key"] == data_key):
+        for f in out.iterdir():  # another fine-tune's, or none with a state: start afresh
             if f.name != "cache":
                 f.unlink()
     return out / "model.safetensors" if (out / "model.safetensors").exists() else finetune(cfg)
