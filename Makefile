@@ -10,7 +10,7 @@ NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_san
 
 .PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs alignment-study budget-gpu model-422m results results-list results-other workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
-	baselines bench-latency bench-loop serve bench-serve screenshot model-stage3 model-ship finetune bench-finetune quality-judges seed-variants bench-quality bench-pronunciation
+	baselines bench-latency bench-loop serve bench-serve screenshot model-stage3 model-stage4 model-ship finetune bench-finetune quality-judges seed-variants bench-quality bench-pronunciation
 
 ## venv: create .venv (if missing) and install the project + dev extras (torch pulls CUDA wheels, ~4 GB)
 venv: $(STAMP)
@@ -92,6 +92,9 @@ MODEL_MINUTES ?= 60
 MODEL_FINAL_STEPS ?= 10800
 MODEL_STAGE3 = --hours=$(MODEL_MORE_HOURS) --steps=$(MODEL_FINAL_STEPS) --schedule_start=$(MODEL_MORE_STEPS) \
   --lr=5e-4 --warmup=100 --regroup=0.25
+MODEL_STAGE4_STEPS ?= 13800
+MODEL_STAGE4 = --hours=$(MODEL_MORE_HOURS) --steps=$(MODEL_STAGE4_STEPS) --schedule_start=$(MODEL_FINAL_STEPS) \
+  --lr=5e-4 --warmup=100 --regroup=0.5
 MODEL_RECIPE = --preset=reference --text=wordnet --hours=20 --corpus_seed=3 --unseen_share=0.04 \
   --batch=8 --max_len=512 --steps=$(MODEL_STEPS) --lr=1.5e-3 --warmup=200 --amp=fp32 --decoder_fraction=0.25 \
   --audio_dropout=0.5 --eval_every=250 --judge_turns=0 --threads=2
@@ -118,6 +121,15 @@ model-stage3: setup
 	  --after=checkpoints/csm_reference.safetensors
 	for f in model.safetensors model.json model.tokenizer.json; do \
 	  cp runs/reference3/$$f checkpoints/csm_stage3.$${f#model.}; done
+
+## model-stage4: stage 3 continued with half its windows regrouped (a speaker talks twice or more in a row, or alone),
+## a candidate for the voice in every turn order (stage 3 must have finished: checkpoints/csm_stage3 at MODEL_FINAL_STEPS).
+model-stage4: setup
+	OMP_NUM_THREADS=2 $(PY) -m csm_lib.train $(MODEL_RECIPE) $(MODEL_STAGE4) --text_input=phones \
+	  --minutes=$(MODEL_MINUTES) --out=runs/reference4 --continue_from=checkpoints/csm_stage4.safetensors \
+	  --after=checkpoints/csm_stage3.safetensors
+	for f in model.safetensors model.json model.tokenizer.json; do \
+	  cp runs/reference4/$$f checkpoints/csm_stage4.$${f#model.}; done
 
 ## model-ship: make stage 3 the shipped reference once it has finished its steps (checkpoints/csm_stage3 ->
 ## checkpoints/csm_reference). Every result measured with the old reference is then stale: `make model-eval`, then
