@@ -7,7 +7,7 @@ speaks; what a listener feels is the gap between the end of their speech and the
         │ each chunk as it arrives:
         ├─▶ voice activity, 32 ms windows (silero-vad) ─▶ ``EndOfTurn``: silence_ms of silence after speech
         └─▶ pocketsphinx ``process_raw`` (``StreamingRecognizer``): its first pass runs while the user speaks
-            (gated: after 160 ms of silence the chunks waiting for the rule are not decoded)
+            (gated: after ASR_TAIL_MS of silence the chunks waiting for the rule are not decoded)
     end of turn ─▶ ``end_utt``: the final hypothesis
                ─▶ the text LM writes the reply, streamed ─▶ ``PhraseCut``: its first phrase
                ─▶ the speech generator: a streaming one (CSM) starts on the first phrase, the others on the
@@ -52,6 +52,9 @@ from csm_lib.generate import Segment
 
 SAMPLE_RATE = 16_000  # what the detector and the recogniser take (the corpus's and the codec's rate)
 CHUNK_MS = 80  # the user's audio arrives in chunks this long: one codec frame
+# the silence the recogniser is still fed before the rule decides (``Listener``): the smallest whose streamed WER on
+# the valid split's user turns is within a point of feeding every chunk (results/voice_loop.json recognition.asr_tail)
+ASR_TAIL_MS = 160.0
 SENTENCE_END = ".?!"
 CLAUSE_END = ",;:"
 
@@ -306,47 +309,78 @@ class Heard:
     max_lag_ms: float = 0.0  # the most a chunk waited behind the work before it
 
 
-def listen(audio: torch.Tensor, detector, recognizer: StreamingRecognizer, rule: EndOfTurn, clock: RealClock,
-           tail_ms: float = 3000.0, asr_tail_ms: float | None = 160.0) -> Heard:
-    """Play ``audio`` (T,) at 16 kHz, then ``tail_ms`` of silence, in ``CHUNK_MS`` chunks; per chunk the
-    detector and the rule, then the recogniser, until the rule ends the turn; then the final hypothesis.
+class Listener:
+    """The listening half, pushed one chunk at a time as the audio arrives (``listen`` plays a file; the
+    playground's microphone, chapter 12, sends the browser's chunks): per chunk the detector and the rule, then
+    the recogniser; ``finish()`` at the end of the turn -> the final hypothesis.
 
     The recogniser is fed a chunk unless ``asr_tail_ms`` of silence already precede it (the detector gates it, as
     voice agents do: silence waiting for the rule is not decoded); when speech resumes, the chunk skipped last
-    is fed first, so an onset the detector saw late is not lost. ``asr_tail_ms=None``: every chunk is fed (on 30
-    held-out turns the WER was the same with 160 ms, 0.6 points higher with 80 or 0)."""
+    is fed first, so an onset the detector saw late is not lost. ``asr_tail_ms=None``: every chunk is fed. The
+    default, ``ASR_TAIL_MS``, is ``make bench-loop``'s choice on the valid split's user turns."""
+
+    def __init__(self, detector, recognizer: StreamingRecognizer, rule: EndOfTurn, clock: RealClock | None = None,
+                 asr_tail_ms: float | None = ASR_TAIL_MS) -> None:
+        self.detector, self.recognizer, self.rule, self.asr_tail_ms = detector, recognizer, rule, asr_tail_ms
+        if clock is None:  # nobody times it: a clock of its own
+            clock = RealClock()
+            clock.start()
+        self.clock = clock
+
+    def start(self) -> None:
+        """A new turn (the clock is the caller's to start)."""
+        self.detector.reset()
+        self.rule.start()
+        self.recognizer.start()
+        self.buf, self.skipped, self.ended = torch.zeros(0), None, False
+        self.probs: list[float] = []
+        self.work: list[tuple[float, float]] = []  # (clock when started, seconds) per recogniser call
+        self.decision_s = 0.0
+
+    def push(self, chunk: torch.Tensor) -> bool:
+        """The next ``chunk`` (T,) at 16 kHz -> whether the rule has ended the turn with it."""
+        self.buf = torch.cat([self.buf, chunk])
+        w = self.detector.window
+        while len(self.buf) >= w and not self.ended:
+            self.probs.append(self.detector(self.buf[:w]))
+            self.buf, self.ended = self.buf[w:], self.rule.push(self.probs[-1])
+        self.decision_s = self.clock.now()
+        if self.asr_tail_ms is None or self.rule.silence * self.rule.window_ms <= self.asr_tail_ms:
+            t = self.clock.now()
+            self.recognizer.feed(chunk if self.skipped is None else torch.cat([self.skipped, chunk]))
+            self.work.append((t, self.clock.now() - t))
+            self.skipped = None
+        else:
+            self.skipped = chunk
+        return self.ended
+
+    def finish(self) -> str:
+        """The recogniser's final hypothesis (``end_utt``)."""
+        t = self.clock.now()
+        text = self.recognizer.finish()
+        self.work.append((t, self.clock.now() - t))
+        return text
+
+
+def listen(audio: torch.Tensor, detector, recognizer: StreamingRecognizer, rule: EndOfTurn, clock: RealClock,
+           tail_ms: float = 3000.0, asr_tail_ms: float | None = ASR_TAIL_MS) -> Heard:
+    """Play ``audio`` (T,) at 16 kHz, then ``tail_ms`` of silence, in ``CHUNK_MS`` chunks, through a ``Listener``
+    until the rule ends the turn; then the final hypothesis."""
     x = torch.cat([audio, torch.zeros(round(SAMPLE_RATE * tail_ms / 1000))])
-    n, w = SAMPLE_RATE * CHUNK_MS // 1000, detector.window
-    detector.reset()
-    rule.start()
-    recognizer.start()
+    n = SAMPLE_RATE * CHUNK_MS // 1000
+    ear = Listener(detector, recognizer, rule, clock, asr_tail_ms)
+    ear.start()
     clock.start()
-    buf, probs, work, lag, ended, end, skipped = torch.zeros(0), [], [], 0.0, False, 0, None
+    lag, end = 0.0, 0
     for end in range(n, len(x) + n, n):
-        chunk = x[end - n:end]
         arrives = min(end, len(x)) / SAMPLE_RATE
         clock.wait_until(arrives)
         lag = max(lag, clock.now() - arrives)
-        buf = torch.cat([buf, chunk])
-        while len(buf) >= w and not ended:
-            probs.append(detector(buf[:w]))
-            buf, ended = buf[w:], rule.push(probs[-1])
-        decision = clock.now()
-        if asr_tail_ms is None or rule.silence * rule.window_ms <= asr_tail_ms:
-            t = clock.now()
-            recognizer.feed(chunk if skipped is None else torch.cat([skipped, chunk]))
-            work.append((t, clock.now() - t))
-            skipped = None
-        else:
-            skipped = chunk
-        if ended:
+        if ear.push(x[end - n:end]):
             break
-    t = clock.now()
-    text = recognizer.finish()
-    hypothesis = clock.now()
-    work.append((t, hypothesis - t))
-    return Heard(text, audio[:end], min(end, len(x)) / SAMPLE_RATE, decision, hypothesis, ended, probs, work,
-                 1000 * lag)
+    text = ear.finish()
+    return Heard(text, audio[:end], min(end, len(x)) / SAMPLE_RATE, ear.decision_s, clock.now(), ear.ended, ear.probs,
+                 ear.work, 1000 * lag)
 
 
 @dataclass
@@ -406,11 +440,11 @@ def answer(heard: Heard, user: Segment, system: ReplySystem, write: Writer, cut:
 
 def take_turn(audio: torch.Tensor, user_speaker: int, system: ReplySystem, write: Writer, detector,
               recognizer: StreamingRecognizer, rule: EndOfTurn, cut: PhraseCut, clock: RealClock,
-              eos_s: float | None = None) -> tuple[Timeline, torch.Tensor]:
+              eos_s: float | None = None, asr_tail_ms: float | None = ASR_TAIL_MS) -> tuple[Timeline, torch.Tensor]:
     """One user turn ``audio`` (T,) at 16 kHz through the loop to ``system``'s reply -> its timeline and the
     reply's audio (T',). ``eos_s``: the end of speech, if known better than ``end_of_speech`` finds it."""
     eos = end_of_speech(audio, SAMPLE_RATE) if eos_s is None else eos_s
-    heard = listen(audio, detector, recognizer, rule, clock)
+    heard = listen(audio, detector, recognizer, rule, clock, asr_tail_ms=asr_tail_ms)
     user = Segment(user_speaker, heard.text or "yes", heard.audio)
     got, chunks = answer(heard, user, system, write, cut, clock)
 

@@ -17,6 +17,13 @@ the conversation as its codes, as ``Conversation`` keeps it. Each generation is 
 the same line can be heard both ways with the same seed. The audio comes out of the codec's
 streaming decoder frame by frame; the time to the first chunk is reported, and the reply can be
 decoded from only its first k codebooks.
+
+**Talk to it.** Where the browser gives a microphone, ``Microphone`` records it at 16 kHz and sends
+each 80 ms chunk to the kernel as it is recorded; the voice loop's listening half (``voice_loop.Listener``,
+chapter 09: silero-vad, the end-of-turn rule, pocketsphinx fed chunk by chunk) hears it and stops the
+recording when the rule ends your turn. Your turn joins the conversation as heard (the words the recogniser
+found, the audio up to the decision), chapter 09's text LM writes the reply, and the other speaker says it.
+``pg.talk(audio, speaker)`` does the same from code, with a recording played in the microphone's chunks.
 """
 
 from __future__ import annotations
@@ -25,16 +32,20 @@ import html
 import time
 from collections.abc import Callable
 
+import anywidget
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import traitlets
 
 from csm_lib import data
+from csm_lib import voice_loop as V
 from csm_lib.audio import wav_bytes
 from csm_lib.generate import REFERENCE_TEMPERATURE, Generator, Segment
 
 MAX_CHARS = 300  # one line of the playground
+LISTEN_SILENCE_MS = 1000  # the end-of-turn rule's silence, as chapter 09 chose it (results/voice_loop.json)
 
 
 def player(audio: torch.Tensor | np.ndarray, sr: int) -> widgets.Audio:
@@ -99,6 +110,111 @@ def grid_picker(table: dict[str, dict[str, Clip]], sr: int, row: str = "row", co
     return widgets.VBox([row_choice, column_choice, audio])
 
 
+# The browser half of the microphone: getUserMedia -> an AudioContext at 16 kHz -> 80 ms chunks of float32 samples,
+# each sent to the kernel as a binary buffer the moment it is complete. The kernel answers {"kind": "stop"} when
+# the end-of-turn rule fires; the button stops it too.
+MICROPHONE_JS = """
+function render({ model, el }) {
+  const button = document.createElement("button");
+  const note = document.createElement("span");
+  button.className = "csm-talk jupyter-button";
+  note.className = "csm-talk-note";
+  note.style.marginLeft = "1em";
+  el.append(button, note);
+  let rec = null;
+  const show = () => { button.textContent = rec ? "■ stop" : "🎤 " + model.get("label"); };
+
+  async function start() {
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia(
+        { audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
+    } catch (e) {
+      note.textContent = "no microphone: " + e.message;
+      model.send({ kind: "error", message: String(e.message) });
+      return;
+    }
+    const ctx = new AudioContext({ sampleRate: model.get("sample_rate") });
+    const source = ctx.createMediaStreamSource(stream);
+    const node = ctx.createScriptProcessor(1024, 1, 1);
+    const n = Math.round(ctx.sampleRate * model.get("chunk_ms") / 1000);
+    let pending = new Float32Array(0);
+    node.onaudioprocess = (e) => {
+      const x = e.inputBuffer.getChannelData(0);
+      const joined = new Float32Array(pending.length + x.length);
+      joined.set(pending);
+      joined.set(x, pending.length);
+      pending = joined;
+      while (rec && pending.length >= n) {
+        model.send({ kind: "chunk" }, undefined, [pending.slice(0, n).buffer]);
+        pending = pending.slice(n);
+      }
+    };
+    source.connect(node);
+    node.connect(ctx.destination);
+    rec = { stream, ctx, node };
+    model.send({ kind: "start", sample_rate: ctx.sampleRate });
+    note.textContent = "listening…";
+    show();
+  }
+
+  function stop(why) {
+    if (!rec) return;
+    rec.node.disconnect();
+    rec.stream.getTracks().forEach((t) => t.stop());
+    rec.ctx.close();
+    rec = null;
+    note.textContent = why;
+    show();
+  }
+
+  button.addEventListener("click", () => {
+    if (rec) { stop("stopped"); model.send({ kind: "stop" }); } else { start(); }
+  });
+  model.on("msg:custom", (msg) => { if (msg.kind === "stop") stop(msg.why || ""); });
+  show();
+  return () => stop("");
+}
+export default { render };
+"""
+
+
+class Microphone(anywidget.AnyWidget):
+    """A button that records the browser's microphone: ``on_chunk(chunk)`` gets each 80 ms chunk (T,) at
+    ``sample_rate`` as it is recorded; ``stop(why)`` ends the recording from the kernel; ``on_start()`` when
+    recording begins, ``on_stop()`` when the reader presses stop, ``on_error(message)`` (no microphone)."""
+
+    _esm = MICROPHONE_JS
+    label = traitlets.Unicode("talk").tag(sync=True)
+    sample_rate = traitlets.Int(V.SAMPLE_RATE).tag(sync=True)
+    chunk_ms = traitlets.Int(V.CHUNK_MS).tag(sync=True)
+
+    def __init__(self, on_chunk: Callable[[torch.Tensor], None], on_start: Callable[[], None] = lambda: None,
+                 on_stop: Callable[[], None] = lambda: None, on_error: Callable[[str], None] = lambda m: None,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.on_chunk, self.on_start, self.on_stop, self.on_error = on_chunk, on_start, on_stop, on_error
+        self.on_msg(self._received)
+
+    def stop(self, why: str = "") -> None:
+        self.send({"kind": "stop", "why": why})
+
+    def _received(self, _, content: dict, buffers: list) -> None:
+        kind = content.get("kind")
+        if kind == "start":
+            if content.get("sample_rate") != self.sample_rate:  # a browser that cannot record at 16 kHz
+                self.stop(f"the browser records at {content.get('sample_rate')} Hz, not {self.sample_rate}")
+                self.on_error(f"the browser cannot record at {self.sample_rate} Hz")
+                return
+            self.on_start()
+        elif kind == "chunk" and buffers:
+            self.on_chunk(torch.from_numpy(np.frombuffer(bytes(buffers[0]), dtype=np.float32).copy()))
+        elif kind == "stop":
+            self.on_stop()
+        elif kind == "error":
+            self.on_error(str(content.get("message", "")))
+
+
 class Playground:
     """A conversation built turn by turn in widgets (``ui``), or from code (``add_flite_turn``, ``generate``)."""
 
@@ -131,8 +247,15 @@ class Playground:
         self.codes_view = widgets.Output()
         for b in (self.add_button, self.generate_button, self.clear_button):
             b.layout = widgets.Layout(width="auto")
-        for w, name in ((self.text, "csm-line"), (self.status, "csm-status"), (self.reply, "csm-reply")):
+        for w, name in ((self.text, "csm-line"), (self.status, "csm-status"), (self.reply, "csm-reply"),
+                        (self.history, "csm-history")):
             w.add_class(name)  # handles for the browser test (tests/test_browser.py)
+        self.mic = Microphone(self._mic_chunk, self._mic_start, lambda: self._safely(self._mic_stopped),
+                              self._mic_error)
+        self.mic.add_class("csm-mic")
+        self._ear: V.Listener | None = None  # built when first needed: silero-vad and pocketsphinx
+        self._text_lm: tuple | None = None
+        self._recorded: list[torch.Tensor] | None = None  # the microphone's chunks of the turn being heard
         self.add_button.on_click(lambda _: self._safely(self._add_from_widgets))
         self.generate_button.on_click(lambda _: self._safely(self._generate_from_widgets))
         self.clear_button.on_click(lambda _: self.clear())
@@ -143,6 +266,8 @@ class Playground:
             widgets.HTML("<b>conversation so far</b>"), self.history,
             widgets.HBox([self.text, self.speaker]), flite, sampling,
             widgets.HBox([self.add_button, self.generate_button, self.clear_button]),
+            widgets.HBox([widgets.HTML("<b>or talk</b> as the speaker chosen above (the other one answers):"),
+                          self.mic]),
             self.progress, self.status, self.reply, self.codes_view])
         self._show_history()
 
@@ -201,6 +326,47 @@ class Playground:
         self._show_history()
         return reply
 
+    def talk(self, audio: torch.Tensor, speaker: int, seed: int = 0, **sampling) -> dict:
+        """Your turn ``audio`` (T,) at 16 kHz, heard as the microphone sends it (80 ms chunks, then silence
+        until the end-of-turn rule fires), answered by the other speaker: ``{"heard", "reply"}`` (``reply`` as
+        ``generate`` returns it; ``sampling``: ``generate``'s temperature, topk, codebooks, use_context)."""
+        self._check_speaker(speaker)
+        ear, n = self._listener(), V.SAMPLE_RATE * V.CHUNK_MS // 1000
+        ear.start()
+        x, end = torch.cat([audio, torch.zeros(3 * V.SAMPLE_RATE)]), 0
+        for end in range(n, len(x) + n, n):
+            if ear.push(x[end - n:end]):
+                break
+        return self._answer(ear.finish(), x[:end], speaker, seed, **sampling)
+
+    def _answer(self, heard: str, audio: torch.Tensor, speaker: int, seed: int, **sampling) -> dict:
+        """The heard turn joins the conversation; the text LM writes the reply; the other speaker says it."""
+        from csm_lib.baselines.train import load_text_lm
+        from csm_lib.bench.latency import CHECKPOINTS, write_reply
+
+        if not heard:
+            raise ValueError("no words were heard: speak a little longer or louder, then pause")
+        self.turns.append({"segment": Segment(speaker, heard, audio, V.SAMPLE_RATE), "audio": audio,
+                           "source": "you, as heard"})
+        self._show_history()
+        if self._text_lm is None:
+            self._text_lm = load_text_lm(CHECKPOINTS["textlm"])[:2]
+        other = (speaker + 1) % self.gen.n_speakers
+        line = write_reply(*self._text_lm, heard, speaker, other)["text"]
+        return {"heard": heard, "reply": self.generate(line, other, seed=seed, **sampling)}
+
+    def _listener(self) -> V.Listener:
+        """The voice loop's ear, with chapter 09's end-of-turn rule; pocketsphinx's cepstral mean starts from
+        flite's voices (a real microphone differs: the live mean adapts within the first seconds)."""
+        if self._ear is None:
+            lines = ["the weather has been lovely all week", "could you pass me the salt please"]
+            calibration = [torch.as_tensor(data.synthesize(line, v, data.Style(
+                f0_mean=data.VOICES[v]["default_f0"], f0_std=0.15 * data.VOICES[v]["default_f0"], stretch=1.0))[0])
+                for v in data.VOICES for line in lines]
+            self._ear = V.Listener(V.SileroDetector(), V.StreamingRecognizer(V.calibrate_cmn(calibration)),
+                                   V.EndOfTurn(silence_ms=LISTEN_SILENCE_MS))
+        return self._ear
+
     def clear(self) -> None:
         self.turns, self.last = [], None
         self.reply.children, self.status.value = (), ""
@@ -213,6 +379,9 @@ class Playground:
             raise ValueError("the line is empty: type what the speaker says")
         if len(text) > MAX_CHARS:
             raise ValueError(f"the line has {len(text)} characters; the playground takes at most {MAX_CHARS}")
+        self._check_speaker(speaker)
+
+    def _check_speaker(self, speaker: int) -> None:
         if speaker not in range(self.gen.n_speakers):
             raise ValueError(f"speaker {speaker}: the model knows speakers 0..{self.gen.n_speakers - 1}")
 
@@ -240,6 +409,33 @@ class Playground:
         self.generate(self.text.value, self.speaker.value, self.temperature.value, self.topk.value,
                       self.seed.value, self.codebooks.value, self.use_context.value)
         self.text.value = ""
+
+    def _mic_start(self) -> None:
+        self._listener().start()
+        self._recorded = []
+        self.status.value = "listening… (pause when you are done)"
+
+    def _mic_chunk(self, chunk: torch.Tensor) -> None:
+        if self._recorded is None:  # chunks still in flight after the turn ended
+            return
+        self._recorded.append(chunk)
+        if self._listener().push(chunk):
+            self.mic.stop("heard the end of your turn")
+            self._safely(self._mic_stopped)
+
+    def _mic_stopped(self) -> None:
+        """The turn is over (the rule fired, or the reader pressed stop): hear it, answer it."""
+        if self._recorded is None:
+            return
+        audio, self._recorded = torch.cat(self._recorded or [torch.zeros(0)]), None
+        heard = self._listener().finish()
+        self.status.value = f"heard: <i>{html.escape(heard)}</i>; answering…"
+        self._answer(heard, audio, self.speaker.value, self.seed.value, temperature=self.temperature.value,
+                     topk=self.topk.value, codebooks=self.codebooks.value, use_context=self.use_context.value)
+
+    def _mic_error(self, message: str) -> None:
+        self._recorded = None
+        self.status.value = f"<span style='color:#b00'>⚠ {html.escape(message)}</span>"
 
     def _show_history(self) -> None:
         rows = []

@@ -25,6 +25,7 @@ import sys
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from csm_lib import outputs
@@ -150,13 +151,14 @@ AUDIO_FACTS = """async (el) => {
 
 
 @contextlib.contextmanager
-def chromium_page(height: int):
-    """A page of Debian's chromium (autoplay allowed) -> (page, the page's uncaught errors); closed after."""
+def chromium_page(height: int, args: tuple[str, ...] = ()):
+    """A page of Debian's chromium (autoplay allowed; ``args``: more flags) -> (page, the page's uncaught errors);
+    closed after."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--disable-gpu"])
+            "--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--disable-gpu", *args])
         page = browser.new_page(viewport={"width": 1400, "height": height})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -201,6 +203,44 @@ def test_playground_generates_audio_in_the_browser(lab):
         assert facts["peak"] > 0.05 and facts["rms"] > 0.005, facts  # speech, not silence
         assert facts["played_s"] > 0, facts  # the player plays
         page.screenshot(path=str(outputs.figures_dir() / "12_playground.png"))
+        assert not errors, errors
+
+
+SPOKEN = "could you open the window please"
+
+
+def test_playground_talk_mode_hears_a_microphone_and_answers(lab, tmp_path):
+    """Chromium's fake microphone plays a flite recording (then silence); the playground's talk button records
+    it, the end-of-turn rule stops the recording, the heard turn joins the conversation and the other speaker
+    answers with audio."""
+    import soundfile as sf
+
+    from csm_lib import data
+
+    audio, sr = data.synthesize(SPOKEN, "slt", data.Style(f0_mean=170.0, f0_std=25.0, stretch=1.0))
+    wav = tmp_path / "microphone.wav"
+    sf.write(wav, np.concatenate([audio, np.zeros(4 * sr, dtype=audio.dtype)]), sr, subtype="PCM_16")
+    mic = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+           f"--use-file-for-fake-audio-capture={wav}")
+    url, token = lab
+    with chromium_page(1100, mic) as (page, errors):
+        run_cells(page, url, token, "12_playground.ipynb", ["pg = Playground(gen)", "display(pg.ui)"])
+        assert not tracebacks(page)
+        talk = page.locator(".csm-mic button.csm-talk").first
+        talk.scroll_into_view_if_needed()
+        talk.click()
+        page.wait_for_function("() => document.querySelector('.csm-talk-note').textContent.includes('end of your"
+                               " turn')", timeout=60_000)  # the kernel's end-of-turn rule stopped the recording
+        status = page.locator(".csm-status").first
+        page.wait_for_function("() => document.querySelector('.csm-status').textContent.includes('first audio')"
+                               " && document.querySelector('.csm-reply audio')", timeout=120_000)
+        history = page.locator(".csm-history").first.inner_text()
+        heard = re.search(r"\[0\] (.*?) \(you, as heard\)", history)
+        assert heard, history
+        said, got = set(SPOKEN.split()), set(heard.group(1).split())
+        assert len(said & got) >= len(said) / 2, (heard.group(1), SPOKEN)  # the recogniser heard the recording
+        facts = page.locator(".csm-reply audio").first.evaluate(AUDIO_FACTS)
+        assert facts["decoded_s"] > 0.3 and facts["peak"] > 0.05 and facts["rms"] > 0.005, (facts, status.inner_text())
         assert not errors, errors
 
 

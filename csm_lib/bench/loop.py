@@ -23,7 +23,9 @@ Sections of the JSON:
   compute, ~0.25 ms per window, left out); the loop's threshold is the smallest whose false cut-in rate on the
   *valid* split's paused turns is <= 5%, and the *test* split's are reported; the same on the user turns
   themselves (flite's own pauses between sentences, 75-220 ms);
-* ``recognition``: the recogniser's work after the end of speech, WER of the streamed hypotheses against
+* ``recognition``: the silence the recogniser is still fed before the rule decides (``asr_tail``: chosen on the
+  valid split's user turns, the smallest within a WER point of feeding every chunk), its work after the end of
+  speech, WER of the streamed hypotheses against
   whole-utterance recognition (``metrics.Transcriber``, chapter 09's way, timed as it would run after the turn)
   on the same turns, and two streamed variants (pocketsphinx's default cepstral start; with its fwdflat pass);
 * ``headline``: the numbers the chapter and the README quote (targets beside them);
@@ -57,6 +59,8 @@ CHUNKING = {"chunk_frames": 16, "first_chunk_frames": 1}  # chapter 08: growing 
 SILENCE_MS = (100, 150, 200, 250, 300, 400, 500, 600, 800, 1000, 1200)
 PAUSES_MS = (150, 250, 400, 600, 900)
 CUT_IN_TARGET = 0.05
+ASR_TAILS_MS = (0.0, 80.0, 160.0, 320.0)  # silence still fed to the recogniser before the rule decides
+ASR_TAIL_WER_POINTS = 1.0
 TARGET_MS = 200  # the seed's 180 ms end to end, with its "sub-200 ms" rounding
 ASR_TARGET_MS, WER_GAP_POINTS = 50, 2
 PARTS = ("decision_ms", "hypothesis_ms", "phrase_ms", "text_ms", "first_audio_ms")
@@ -110,10 +114,11 @@ def spoken(row: dict, text: str | None = None) -> torch.Tensor:
     return A.normalize_loudness(x)
 
 
-def user_turns(rows: list[dict], n: int) -> list[dict]:
-    """``n`` held-out user turns: the turn before each of ``held_out_targets``'s test turns, with the turn before it."""
+def user_turns(rows: list[dict], n: int, split: str = "test") -> list[dict]:
+    """``n`` held-out user turns: the turn before each of ``held_out_targets``'s ``split`` turns, with the turn
+    before it."""
     out = []
-    for row, earlier in held_out_targets([r for r in rows if r["split"] == "test"], n):
+    for row, earlier in held_out_targets([r for r in rows if r["split"] == split], n):
         user, before = earlier[-1], earlier[-2]
         out.append({"user": user, "before": before, "speaker": row["speaker"], "audio": spoken(user),
                     "context": [Segment(before["speaker"], before["text"], spoken(before))]})
@@ -207,10 +212,10 @@ def systems(gen: Generator, fns: dict, turn: dict, rate: float, seed: int, names
     return out
 
 
-def front_end(turn: dict, detector, recognizer, rule, writer, cut) -> dict:
+def front_end(turn: dict, detector, recognizer, rule, writer, cut, asr_tail_ms: float | None) -> dict:
     """The loop's listening and writing for one turn, untimed (``SimulatedClock``): what every system will
     hear and say (deterministic), so the reply's words can be looked up before timing."""
-    heard = V.listen(turn["audio"], detector, recognizer, rule, V.SimulatedClock())
+    heard = V.listen(turn["audio"], detector, recognizer, rule, V.SimulatedClock(), asr_tail_ms=asr_tail_ms)
     chars: list[str] = []
     writer(heard.text or "yes", lambda c: chars.append(c) and False)
     reply = "".join(chars).strip() or "yes."
@@ -218,7 +223,24 @@ def front_end(turn: dict, detector, recognizer, rule, writer, cut) -> dict:
     return {"heard": heard, "reply": reply, "phrase": phrase}
 
 
-def recognition(turns: list[dict], cmninit: str, lines: list[V.Timeline], rule, detector) -> dict:
+def choose_asr_tail(turns: list[dict], cmninit: str, rule, detector, tails=ASR_TAILS_MS) -> dict:
+    """Streamed WER on ``turns`` (the valid split's) for each silence the recogniser is still fed before the rule
+    decides, and for every chunk fed; chosen: the smallest tail within ``ASR_TAIL_WER_POINTS`` of every chunk."""
+    refs, recognizer = [t["user"]["text"] for t in turns], V.StreamingRecognizer(cmninit)
+
+    def wer(tail: float | None) -> dict:
+        return wer_with_ci(refs, [V.listen(t["audio"], detector, recognizer, rule, V.SimulatedClock(),
+                                           asr_tail_ms=tail).text for t in turns])
+
+    every, by_tail = wer(None), {tail: wer(tail) for tail in tails}
+    chosen = min(t for t, w in by_tail.items() if 100 * (w["wer"] - every["wer"]) <= ASR_TAIL_WER_POINTS)
+    return {"split": "valid", "every_chunk": every, "by_tail_ms": {str(t): w for t, w in by_tail.items()},
+            "rule": f"the smallest tail whose WER is within {ASR_TAIL_WER_POINTS} point(s) of every chunk fed",
+            "chosen_ms": chosen}
+
+
+def recognition(turns: list[dict], cmninit: str, lines: list[V.Timeline], rule, detector,
+                asr_tail_ms: float | None) -> dict:
     """Streamed against whole-utterance recognition on the same turns, and the recogniser's work after the end
     of speech (the loop's, for every system and turn)."""
     refs = [t["user"]["text"] for t in turns]
@@ -230,7 +252,8 @@ def recognition(turns: list[dict], cmninit: str, lines: list[V.Timeline], rule, 
         whole_s.append(1000 * (time.perf_counter() - t0))
     streamed = [t["front"]["heard"].text for t in turns]
     def heard(recognizer: V.StreamingRecognizer) -> list[V.Heard]:
-        return [V.listen(t["audio"], detector, recognizer, rule, V.SimulatedClock()) for t in turns]
+        return [V.listen(t["audio"], detector, recognizer, rule, V.SimulatedClock(), asr_tail_ms=asr_tail_ms)
+                for t in turns]
 
     default_cmn, fw = heard(V.StreamingRecognizer(None)), heard(V.StreamingRecognizer(cmninit, fwdflat=True))
     s, w = wer_with_ci(refs, streamed), wer_with_ci(refs, whole)
@@ -309,17 +332,19 @@ def bench_voice_loop(threads: int = 2, repeats: int = 1, turns: int = TURNS, pai
         threshold = silence_ms or chosen_threshold(curve)
         rule, cut = V.EndOfTurn(silence_ms=threshold), V.PhraseCut()
         record["rule"], record["phrase_cut"] = asdict(rule), asdict(cut)
+        tail = choose_asr_tail(user_turns(rows, turns, "valid"), cmninit, rule, detector)
+        asr_tail_ms = tail["chosen_ms"]
         recognizer = V.StreamingRecognizer(cmninit)
         for u in progress(users, desc="front end (untimed)", unit="turn"):
             writer = lm_writer(lm, tok, u["user"]["speaker"], u["speaker"])
-            u["front"] = front_end(u, detector, recognizer, rule, writer, cut)
+            u["front"] = front_end(u, detector, recognizer, rule, writer, cut, asr_tail_ms)
             Tx.learn([u["front"]["reply"], u["front"]["phrase"]])
         record["setup_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         for s in systems(gen, fns, users[0], rate, 0, names):  # warm-up: inductor compiles, first calls allocate
             u = users[0]
             V.take_turn(u["audio"], u["user"]["speaker"], s, lm_writer(lm, tok, u["user"]["speaker"], u["speaker"]),
-                        detector, recognizer, rule, cut, V.SimulatedClock())
+                        detector, recognizer, rule, cut, V.SimulatedClock(), asr_tail_ms=asr_tail_ms)
         record["warm_up_s"] = round(time.perf_counter() - t0, 1)
 
         lines: list[V.Timeline] = []
@@ -329,13 +354,13 @@ def bench_voice_loop(threads: int = 2, repeats: int = 1, turns: int = TURNS, pai
             writer = lm_writer(lm, tok, u["user"]["speaker"], u["speaker"])
             for s in systems(gen, fns, u, rate, i, names):
                 line, _ = V.take_turn(u["audio"], u["user"]["speaker"], s, writer, detector, recognizer, rule, cut,
-                                      clock(), eos_s=u["eos_s"])
+                                      clock(), eos_s=u["eos_s"], asr_tail_ms=asr_tail_ms)
                 lines.append(line)
                 same = same and line.heard == u["front"]["heard"].text
         record["systems"] = summarise(lines)
         record["heard_the_same_in_every_run"] = same
         record["repeats"] = repeats
-        record["recognition"] = recognition(users, cmninit, lines, rule, detector)
+        record["recognition"] = recognition(users, cmninit, lines, rule, detector, asr_tail_ms) | {"asr_tail": tail}
     csm = record["systems"].get("csm", {}).get("timeline_ms", {})
     after_decision = (np.median([x.first_audio_ms - x.decision_ms for x in lines if x.system == "csm"])
                       if csm else None)
@@ -358,6 +383,7 @@ def bench_voice_loop(threads: int = 2, repeats: int = 1, turns: int = TURNS, pai
         "ratio_to_pipeline": {k: v.get("ratio_to_pipeline") for k, v in record["systems"].items()},
         "asr_after_eos_median_ms": rec["asr_after_eos_ms"]["median"],
         "asr_finalise_median_ms": rec["asr_finalise_ms"]["median"], "asr_target_ms": ASR_TARGET_MS,
+        "asr_tail_ms": rec["asr_tail"]["chosen_ms"],
         "wer_gap_points": rec["wer_gap_points"], "wer_gap_target_points": WER_GAP_POINTS}
     record["turns"] = [asdict(x) | {"user_turn": i // len(names) % len(users)} for i, x in enumerate(lines)]
     record["user_turns"] = [{"conversation": u["user"]["conversation"], "turn": u["user"]["turn"],
