@@ -28,6 +28,8 @@ Sections of the JSON:
   speech, WER of the streamed hypotheses against
   whole-utterance recognition (``metrics.Transcriber``, chapter 09's way, timed as it would run after the turn)
   on the same turns, and two streamed variants (pocketsphinx's default cepstral start; with its fwdflat pass);
+* ``phrase_cut_cost``: what starting on the first phrase costs (``phrase_cut_cost``): each cut reply spoken whole
+  and cut, WER, the longest pause and the pitch step at the join, paired differences with 95% intervals;
 * ``headline``: the numbers the chapter and the README quote (targets beside them);
 * ``turns``: what was heard and said, turn by turn.
 """
@@ -269,6 +271,97 @@ def recognition(turns: list[dict], cmninit: str, lines: list[V.Timeline], rule, 
                                                                                          strict=True)][:6]}
 
 
+def longest_pause_ms(audio: torch.Tensor, floor_db: float = 35.0, frame_ms: float = 10.0) -> float:
+    """The longest run of ``frame_ms`` frames quieter than the loudest minus ``floor_db``, inside the speech
+    (``V.speech_span``): the longest pause of a reply, in ms."""
+    n = round(V.SAMPLE_RATE * frame_ms / 1000)
+    start, end = (round(t * 1000 / frame_ms) for t in V.speech_span(audio, V.SAMPLE_RATE))
+    frames = audio[: len(audio) // n * n].reshape(-1, n)
+    db = 10 * torch.log10(frames.pow(2).mean(1) + 1e-12)
+    quiet, run, best = (db < db.max() - floor_db)[start:end].tolist(), 0, 0
+    for q in quiet:
+        run = run + 1 if q else 0
+        best = max(best, run)
+    return best * frame_ms
+
+
+def pitch_step(audio: torch.Tensor, before_s: float, after_s: float, span_s: float = 0.3) -> float:
+    """|log2| of the median F0 in the ``span_s`` after ``after_s`` over the median in the ``span_s`` before
+    ``before_s``, in semitones (pYIN, voiced frames only; NaN where either side has fewer than 5)."""
+    from csm_lib.judges.quality import pitch_track
+
+    f0, _ = pitch_track(audio.numpy())
+    i, j, w = round(before_s * 100), round(after_s * 100), round(span_s * 100)
+    before, after = f0[max(0, i - w): i], f0[j: j + w]
+    before, after = before[np.isfinite(before)], after[np.isfinite(after)]
+    if len(before) < 5 or len(after) < 5:
+        return float("nan")
+    return float(12 * abs(np.log2(np.median(after) / np.median(before))))
+
+
+def phrase_cut_cost(gen: Generator, turns: list[dict], seed: int = 0) -> dict:
+    """What starting on the first phrase costs in prosody, untimed: each reply that was cut spoken whole (one
+    turn) and cut (the first phrase a turn, then the rest the next turn, the phrase in its context), both with the
+    public ``generate`` (the model ends each turn itself; the same seed), after the user's turn as heard.
+
+    Judged: WER against the reply's text (the cut one as the two turns joined), the longest pause inside the
+    reply (``longest_pause_ms``: for the cut one, where the phrase's end-of-speech and the rest's start meet),
+    and the pitch step (``pitch_step``) across the join (the phrase's last 300 ms of speech against the rest's
+    first), against the step at the same share of the whole reply's speech (the phrase's share of its words): a
+    reset of the intonation shows as a larger step."""
+    asr, rows = metrics.transcriber(), []
+    for t in progress(turns, desc="phrase cut: whole and cut", unit="reply"):
+        reply, phrase = t["front"]["reply"], t["front"]["phrase"]
+        rest = reply[len(phrase):].strip() if reply.startswith(phrase) else ""
+        if not rest or not any(c.isalnum() for c in rest):
+            continue
+        heard = t["front"]["heard"]
+        ctx = [*t["context"], Segment(t["user"]["speaker"], heard.text or "yes", heard.audio)]
+        spk = t["speaker"]
+        whole = gen.generate(reply, spk, ctx, seed=seed)
+        first = gen.generate(phrase, spk, ctx, seed=seed)
+        then = gen.generate(rest, spk, [*ctx, Segment(spk, phrase, first)], seed=seed)
+        if not (whole.numel() and first.numel() and then.numel()):
+            continue
+        cut = torch.cat([first, then])
+        start, end = V.speech_span(whole, V.SAMPLE_RATE)
+        at = start + len(phrase.split()) / len(reply.split()) * (end - start)
+        join = first.numel() / V.SAMPLE_RATE
+        rows.append({"reply": reply, "phrase": phrase,
+                     "whole": {"hyp": asr(whole, V.SAMPLE_RATE), "pause_ms": longest_pause_ms(whole),
+                               "pitch_step_st": pitch_step(whole, at, at),
+                               "seconds": round(whole.numel() / V.SAMPLE_RATE, 3)},
+                     "cut": {"hyp": asr(cut, V.SAMPLE_RATE), "pause_ms": longest_pause_ms(cut),
+                             "pitch_step_st": pitch_step(cut, V.speech_span(first, V.SAMPLE_RATE)[1],
+                                                         join + V.speech_span(then, V.SAMPLE_RATE)[0]),
+                             "seconds": round(cut.numel() / V.SAMPLE_RATE, 3)}})
+    out: dict = {"n": len(rows), "seed": seed, "sampling": "generate's defaults"}
+    if not rows:
+        return out
+    refs = [r["reply"] for r in rows]
+    per = {k: {"edits": [], "words": []} for k in ("whole", "cut")}
+    for k in per:
+        for r in rows:
+            e, w = metrics.word_errors(r["reply"], r[k]["hyp"])
+            per[k]["edits"].append(e)
+            per[k]["words"].append(w)
+        out[k] = {"wer": wer_with_ci(refs, [r[k]["hyp"] for r in rows]),
+                  "longest_pause_ms": stats([r[k]["pause_ms"] for r in rows]),
+                  "pitch_step_st": stats([r[k]["pitch_step_st"] for r in rows if np.isfinite(r[k]["pitch_step_st"])]),
+                  "seconds": stats([r[k]["seconds"] for r in rows])}
+    gap = np.array([r["cut"]["pause_ms"] - r["whole"]["pause_ms"] for r in rows])
+    step = np.array([r["cut"]["pitch_step_st"] - r["whole"]["pitch_step_st"] for r in rows])
+    step = step[np.isfinite(step)]
+    out["cut_minus_whole"] = {
+        "wer": metrics.paired_difference(per["cut"], per["whole"]),
+        "longest_pause_ms": {"median": round(float(np.median(gap)), 1),
+                             "ci95": metrics.bootstrap_ci(lambda i: float(np.median(gap[i])), len(gap))},
+        "pitch_step_st": {"median": round(float(np.median(step)), 2), "n": len(step),
+                          "ci95": metrics.bootstrap_ci(lambda i: float(np.median(step[i])), len(step))}}
+    out["examples"] = rows[:4]
+    return out
+
+
 def summarise(lines: list[V.Timeline]) -> dict:
     """Per system: each mark and step (medians, p90) over the turns it did not cut in on, and its cut-ins."""
     out = {}
@@ -361,6 +454,7 @@ def bench_voice_loop(threads: int = 2, repeats: int = 1, turns: int = TURNS, pai
         record["heard_the_same_in_every_run"] = same
         record["repeats"] = repeats
         record["recognition"] = recognition(users, cmninit, lines, rule, detector, asr_tail_ms) | {"asr_tail": tail}
+        record["phrase_cut_cost"] = phrase_cut_cost(gen, users)
     csm = record["systems"].get("csm", {}).get("timeline_ms", {})
     after_decision = (np.median([x.first_audio_ms - x.decision_ms for x in lines if x.system == "csm"])
                       if csm else None)
