@@ -66,7 +66,7 @@ codec-eval: setup
 
 ## model: train the reference CSM on the CPU -> checkpoints/csm_reference.{safetensors,json}, in two stages.
 ## Stage 1 (runs/reference): the wordnet corpus (real sentences, 20 h, seed 3; 4% of conversations use words training
-## never sees), phones as the text input (chapter 07 compares bpe, chars, phones), MODEL_STEPS steps of 8 windows of
+## never sees), phones as the text input (chapter 07b compares bpe, chars, phones), MODEL_STEPS steps of 8 windows of
 ## 512 positions (~160 min). Its validation loss stopped falling from step ~4,750 while the training loss went on
 ## down: it had begun to learn its 12,917 training sentences by heart.
 ## Stage 2 (runs/reference40): the same recipe on twice the speech (40 h, the same seed: the same sentences are held
@@ -79,7 +79,7 @@ codec-eval: setup
 ## Stage 3 (runs/reference3 -> checkpoints/csm_stage3, not shipped until `make model-ship`): from stage 2's model, to
 ## MODEL_FINAL_STEPS on the 40 h corpus with a fresh warm-up and cosine decay (lr 5e-4, the alignment study's) and a
 ## quarter of the windows regrouped so a speaker may talk twice in a row (the corpus's turns always alternate, and the
-## voice followed turn order: chapter 07 section 6.5). No alignment loss: none moved held-out WER in the study.
+## voice followed turn order: chapter 07b section 5). No alignment loss: none moved held-out WER in the study.
 ## Each sitting commits its model to checkpoints/csm_stage3 so the next one continues from it.
 ## Run nothing else meanwhile: two torch threads on two shared cores slow to a crawl when anything else runs.
 ## fp32, not bf16: whether bf16 autocast is faster depends on the CPU (results/training_knobs.json); fp32 reproduces on any.
@@ -171,7 +171,7 @@ model-eval: setup
 
 ## text-inputs: what should the backbone read? The model recipe with bpe, chars and phones, COMPARE_MINUTES of
 ## training each (same steps schedule, same wall time), judged with context on the same 16 held-out and 16
-## unseen-word turns -> results/text_input.json (chapter 07). About 3 x COMPARE_MINUTES + 20 min.
+## unseen-word turns -> results/text_input.json (chapter 07b). About 3 x COMPARE_MINUTES + 20 min.
 COMPARE_MINUTES ?= 12
 COMPARE_TURNS ?= 16
 text-inputs: setup
@@ -201,11 +201,11 @@ budget-gpu: setup
 	  --out=results/paper_422m_gpu.json
 
 ## model-422m: (needs a CUDA GPU; not run here) the seed's 422M model (model.PRESETS["paper_422m"], with our codec's
-## 8 codebooks) on the reference's 40 h corpus, in the configuration chapter 07's budget chose for an 8 GB card:
+## 8 codebooks) on the reference's 40 h corpus, in the configuration chapter 07a's budget chose for an 8 GB card:
 ## bf16 autocast without its weight cache, fused AdamW, gradient checkpointing, micro-batch 2 x 16 accumulated,
 ## the allocator capped at 7.5 GB (an out-of-memory error past it, as on the card). Resumable: run it again to go on
 ## (--minutes bounds a sitting). Measured at 6.1 s/step on an H200 under the cap (results/paper_422m_gpu.json):
-## 3,000 steps ~5 h there; a consumer card is slower by its bf16 throughput (an estimate, chapter 07).
+## 3,000 steps ~5 h there; a consumer card is slower by its bf16 throughput (an estimate, chapter 07a).
 ## MODEL_422M_ARGS adds or overrides options (the last one given wins), e.g. MODEL_422M_ARGS=--minutes=60.
 MODEL_422M_RECIPE = --preset=paper_422m --text=wordnet --hours=40 --corpus_seed=3 --unseen_share=0.04 \
   --text_input=phones --batch=32 --accum=16 --max_len=512 --steps=3000 --lr=3e-4 --warmup=200 --amp=bf16 \
@@ -216,7 +216,7 @@ MODEL_422M_ARGS ?=
 model-422m: setup
 	$(PY) -m csm_lib.train $(MODEL_422M_RECIPE) $(MODEL_422M_ARGS)
 
-## bench-…: the timing benchmarks of chapters 04-07 (csm_lib/bench/) -> results/*.json. Run nothing else meanwhile:
+## bench-…: the timing benchmarks of chapters 04-07a (csm_lib/bench/) -> results/*.json. Run nothing else meanwhile:
 ## they time a CPU shared by two cores. The notebooks read these files; `make test` never rewrites them.
 bench-kv-cache: setup
 	CSM_PROGRESS=0 $(PY) -m csm_lib.bench kv-cache

@@ -22,7 +22,7 @@ The total loss is ``CSM loss + weight * sum of the chosen remedies`` (``train.Tr
 
 Shapes: B batch, S positions, K codebooks, D backbone width, F codec frames, V text vocabulary.
 
-Explained in chapter 07 (``notebooks/07_training.ipynb``, section 6.5).
+Explained in chapter 07b (``notebooks/07b_reference_model.ipynb``, section 5).
 """
 
 from __future__ import annotations

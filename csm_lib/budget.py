@@ -22,7 +22,7 @@ and on top of these its peak is the larger of two moments:
 * the **optimizer step**: PyTorch's default ("foreach") AdamW computes ``sqrt(v)`` of every
   parameter in one go, a parameter-sized fp32 temporary (4 bytes per parameter); the fused CUDA
   kernel (``fused=True``) needs none. A GPU measurement found this term, which the first version
-  of this model left out (chapter 07).
+  of this model left out (chapter 07a).
 
 Adding the backward pass's terms to all the gradients is exact under gradient accumulation (the
 gradients live through every micro-batch after the first) and an upper bound without it: with

@@ -4,7 +4,8 @@ Both files are written to a temporary name and renamed, JSON last, so a reader t
 JSON finds complete weights. No pickle is involved: safetensors holds tensors and nothing that
 could run code.
 
-Chapter 03 (``notebooks/03_codec.ipynb``) saves the codec with it, chapter 07 (``notebooks/07_training.ipynb``) the CSM.
+Chapter 03 (``notebooks/03_codec.ipynb``) saves the codec with it, chapter 07a's training loop
+(``notebooks/07a_training.ipynb``) the CSM.
 """
 
 from __future__ import annotations

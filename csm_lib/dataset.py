@@ -21,7 +21,7 @@ speaker id, not the turn order (the corpus's conversations always alternate).
 Which windows make step ``s``'s batch is a pure function of ``(seed, s)``: a run resumed from a
 checkpoint, or split over several processes, sees exactly the batches an uninterrupted run sees.
 
-Explained in chapter 07 (``notebooks/07_training.ipynb``).
+Explained in chapter 07a (``notebooks/07a_training.ipynb``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@
 writes ``results/judges_baseline.json``.
 
 Explained in chapter 01 (``notebooks/01_data.ipynb``); the codec's training (chapter 03) and ``judges/``
-(chapters 07, 10) build on it.
+(chapters 07b, 10) build on it.
 """
 
 from __future__ import annotations

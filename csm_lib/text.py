@@ -8,7 +8,7 @@ around every turn as the reference code does.
 A character tokenizer is the same thing with no merges (``vocab_size=0``): chapter 01 compares
 the two by the number that matters to the backbone, text tokens per second of speech.
 
-``PhoneTokenizer`` is the third choice (chapter 07 compares all three): the turn's words as the
+``PhoneTokenizer`` is the third choice (chapter 07b compares all three): the turn's words as the
 phones flite itself will say (its ``t2p`` front end: lexicon plus letter-to-sound rules), ``|``
 between words, punctuation kept. Same ``encode``/``decode``/``save`` and the same
 ``<bos>[speaker]...<eos>`` layout: only the vocabulary changes. ``load_tokenizer`` reads either kind.

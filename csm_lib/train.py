@@ -37,7 +37,7 @@ Every ``eval_every`` steps: validation losses, and with ``judge_turns > 0`` the 
 ``judge`` passed to ``train`` (``evaluate.judge_valid``: WER and SIM of generated valid turns;
 this module does not import ``evaluate``).
 
-Explained in chapter 07 (``notebooks/07_training.ipynb``).
+Explained in chapter 07a (``notebooks/07a_training.ipynb``); chapter 07b trains the reference with it.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ short or too long clip (longer than the model's window of ``max_len`` positions,
 ``turns`` encodes the clips with the codec (cached in a file keyed by the folder's content and the
 codec's fingerprint) and tokenizes them as ``dataset.Turn``s, the unit ``dataset.ConversationWindows``
 cuts training windows from. Real recordings have no free alignment (the corpus's flite phone times),
-and none is needed: the recipe that ships trains without an alignment loss (chapter 07).
+and none is needed: the recipe that ships trains without an alignment loss (chapter 07b).
 
 ``festival`` speaks text with one of Debian's festival voices: the chapter's "your recordings" are
 a voice the workbook never trained on, made here so that the chapter runs anywhere.

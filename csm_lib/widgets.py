@@ -341,8 +341,7 @@ class Playground:
 
     def _answer(self, heard: str, audio: torch.Tensor, speaker: int, seed: int, **sampling) -> dict:
         """The heard turn joins the conversation; the text LM writes the reply; the other speaker says it."""
-        from csm_lib.baselines.train import load_text_lm
-        from csm_lib.bench.latency import CHECKPOINTS, write_reply
+        from csm_lib.baselines.train import CHECKPOINTS, load_text_lm, write_reply
 
         if not heard:
             raise ValueError("no words were heard: speak a little longer or louder, then pause")

@@ -5,7 +5,7 @@ what it runs; the tests leave no trace). The test runs every cell of ``12_playgr
 types a line into the playground, presses Generate, and checks the ``<audio>`` element that
 appears: it decodes, it is not silent, its length is the duration the playground reports, and
 it plays. The screenshot goes to ``outputs.figures_dir()`` (a scratch folder under test; ``make
-screenshot`` refreshes the committed ``figures/12_playground.png``). A second test opens chapter 07,
+screenshot`` refreshes the committed ``figures/12_playground.png``). A second test opens chapter 07b,
 runs the cells its clip picker needs, chooses the generated held-out turn and plays it.
 
 ``.ci/run`` installs Debian's ``chromium``; no browser is downloaded. Without chromium (and outside
@@ -254,7 +254,7 @@ CHOICE = "test: generated turn 3, with context"
 def test_chapter_07_picker_plays_a_generated_turn_in_the_browser(lab):
     url, token = lab
     with chromium_page(1000) as (page, errors):
-        run_cells(page, url, token, "07_training.ipynb", CHAPTER_07_CELLS)
+        run_cells(page, url, token, "07b_reference_model.ipynb", CHAPTER_07_CELLS)
         printed = tracebacks(page)
         assert not printed, "\n".join(t[-1500:] for t in printed)
         player = page.locator("audio.csm-picked").first

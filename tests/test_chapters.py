@@ -1,6 +1,7 @@
 """Every chapter is one a learner can follow: it opens with a box and closes with a summary and exercises.
 
-Pure JSON reading of ``notebooks/[0-9][0-9]_*.ipynb``, markdown cells only (nothing is executed):
+Pure JSON reading of ``notebooks/[0-9][0-9]*_*.ipynb`` (a chapter is ``NN``, or ``NNa`` and ``NNb`` when it
+comes in two parts), markdown cells only (nothing is executed):
 
 * the opening box, in the title cell or the cell after it: **In this chapter**, **You will learn**,
   **You need** (earlier chapters) and **CPU time** (measured);
@@ -21,8 +22,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-NUMBERS = [p.name[:2] for p in CHAPTERS]
+CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
+NUMBERS = [p.name.split("_", 1)[0] for p in CHAPTERS]  # "00" ... "07a", "07b" ... "13"
+CHAPTER_ID = r"\d\d[ab]?"
 
 BOX = ("**In this chapter**", "**You will learn**", "**You need**", "**CPU time**")
 ISSUE = re.compile(r"\bissues?\s*#?\d+|(?<![\w&/#])#\d+\b", re.IGNORECASE)
@@ -64,8 +66,8 @@ def table_rows(text: str) -> list[list[str]]:
     return rows
 
 
-def test_there_are_fourteen_chapters():
-    assert NUMBERS == [f"{i:02d}" for i in range(14)]
+def test_the_chapters_are_numbered_in_order():
+    assert NUMBERS == [f"{i:02d}" for i in range(7)] + ["07a", "07b"] + [f"{i:02d}" for i in range(8, 14)]
 
 
 @pytest.mark.parametrize("path", chapters())
@@ -77,7 +79,7 @@ def test_each_chapter_opens_with_a_box(path):
     missing = [label for label in BOX if label not in box]
     assert not missing, f"the opening box lacks {missing}"
     need = box.split("**You need**", 1)[1].split("**CPU time**", 1)[0]
-    if path.name[:2] != "00":
+    if not path.name.startswith("00"):
         assert re.search(r"chapters? \d\d", need), "the box names the earlier chapters it needs"
 
 
@@ -118,7 +120,7 @@ def glossary() -> dict[str, list[str]]:
     for row in table_rows(cells[i]):
         term = re.fullmatch(r"\*\*(.+)\*\*", row[0])
         if term:
-            out[term.group(1)] = re.findall(r"\d\d", row[-1])
+            out[term.group(1)] = re.findall(CHAPTER_ID, row[-1])
     return out
 
 
@@ -136,7 +138,7 @@ def test_chapter_00_maps_every_chapter_to_files_that_exist():
     cells = markdown(CHAPTERS[0])
     i = heading_cell(cells, "## The plan, and a map of `csm_lib`")
     assert i >= 0
-    rows = [r for r in table_rows(cells[i]) if re.fullmatch(r"\d\d", r[0])]
+    rows = [r for r in table_rows(cells[i]) if re.fullmatch(CHAPTER_ID, r[0])]
     assert [r[0] for r in rows] == NUMBERS, "a row per chapter, in order"
     named = {f for r in rows for f in re.findall(r"`([\w/]+(?:\.py|/))`", " ".join(r[2:]))}
     assert len(named) > 30
@@ -148,7 +150,7 @@ def test_chapter_00_maps_every_chapter_to_files_that_exist():
 
 SOLUTIONS = ROOT / "notebooks" / "solutions"
 SOLVED = re.compile(r"Worked solutions: \[`(solutions_\d\d-\d\d)\.ipynb`\]\(solutions/\1\.ipynb\), "
-                    r"section \"Chapter (\d\d)\"")
+                    r"section \"Chapter (\d\d[ab]?)\"")
 
 
 @pytest.mark.parametrize("path", chapters())
@@ -158,13 +160,14 @@ def test_every_chapter_points_to_its_worked_solutions(path):
     cells = markdown(path)
     exercises = cells[heading_cell(cells, "## Exercises")]
     found = SOLVED.search(exercises)
-    assert found and found.group(2) == path.name[:2], "the exercises cell links its solutions section"
+    chapter = path.name.split("_", 1)[0]
+    assert found and found.group(2) == chapter, "the exercises cell links its solutions section"
     solutions = SOLUTIONS / f"{found.group(1)}.ipynb"
     assert solutions.exists()
     text = "\n".join(markdown(solutions))
     section = re.split(r"(?m)^## Chapter ", text)
-    mine = next((s for s in section if s.startswith(path.name[:2])), None)
-    assert mine is not None, f"{solutions.name} has no '## Chapter {path.name[:2]}' section"
+    mine = next((s for s in section if s.startswith(f"{chapter} ")), None)
+    assert mine is not None, f"{solutions.name} has no '## Chapter {chapter}' section"
     n = len(re.findall(r"(?m)^\d+\. ", exercises.split("## Exercises", 1)[1]))
     assert n > 0, "the exercises are a numbered list"
     answered = {int(x) for x in re.findall(r"\*\*(\d+)\b", mine)} | {
@@ -174,7 +177,7 @@ def test_every_chapter_points_to_its_worked_solutions(path):
     if "All four exercises" in mine or "all four exercises" in mine:
         answered |= {1, 2, 3, 4}
     missing = sorted(set(range(1, n + 1)) - answered)
-    assert not missing, f"exercises {missing} of chapter {path.name[:2]} are not answered in {solutions.name}"
+    assert not missing, f"exercises {missing} of chapter {chapter} are not answered in {solutions.name}"
 
 
 def test_solutions_tell_no_history():

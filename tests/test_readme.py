@@ -39,7 +39,7 @@ README = ROOT / "README.md"
 # headings of the tables checked for coverage. The README's other table, "## Seed claims: status", is printed by
 # `python -m csm_lib.verdicts --markdown`, which formats every number in it from the file it cites; its rows have no
 # entries here: tests/test_verdicts.py checks that the table equals that output and that no number or verdict in
-# csm_lib/verdicts.py is typed by hand (an entry per number would restate the module's own formatting)
+# csm_lib/verdicts/ is typed by hand (an entry per number would restate the module's own formatting)
 TABLES = ("## What is measured so far",)
 
 
@@ -426,9 +426,9 @@ ENTRIES = [
      lambda d: d["ms_per_step"]["bf16 autocast"] / d["ms_per_step"]["fp32"], "{:.2f}x /"),
     ("| one reference-CSM training step", "results/training_knobs.json",
      lambda d: d["ms_per_step"]["fp32 + checkpointing"] / d["ms_per_step"]["fp32"], "/ {:.2f}x the time"),
-    ("| one reference-CSM training step", "notebooks/07_training.ipynb",
+    ("| one reference-CSM training step", "notebooks/07a_training.ipynb",
      r"activations saved for the backward pass: (\d+) MB plain", "kept: {} vs"),
-    ("| one reference-CSM training step", "notebooks/07_training.ipynb",
+    ("| one reference-CSM training step", "notebooks/07a_training.ipynb",
      r"(\d+) MB with checkpointing", "vs {} MB with checkpointing"),
     # --- the WordNet corpus, the text-input comparison, the reference model (issue 11) ---
     ("| WordNet example sentences (Debian", NB01, r"([\d,]+) sentences after cleaning", "| {} /"),
@@ -459,7 +459,7 @@ ENTRIES = [
     ("| voice loop, the seed's", LOOP, lambda d: d["headline"]["false_cut_in_rate_paused_test"] <= 0.05 and
      d["systems"]["csm"]["steps_ms"]["detect"]["median"] > d["headline"]["first_audio_median_ms"]["csm"] / 2,
      lambda most: "is most of it, not the models" if most else "?"),
-    # --- the alignment study (make alignment-study, chapter 07 section 6.5) ---
+    # --- the alignment study (make alignment-study, chapter 07b section 5) ---
     ("| alignment study:", STUDY, ["steps"], "for {} steps"),
     ("| alignment study:", STUDY, ["recipe", "hours"], "on the {:g} h corpus"),
     ("| alignment study:", STUDY, ["turns"], "on {} held-out turns"),
@@ -851,11 +851,12 @@ def test_up1_rounds_up():
         assert float(up1(x)) >= x
 
 
-def test_chapter_07_types_no_measured_number():
-    """Chapter 07's "What we measured" says what the cells show and types none of their numbers: every number
-    of the chapter is printed by a cell from results/*.json, so none can drift from its file."""
-    nb = json.loads((ROOT / "notebooks/07_training.ipynb").read_text())
+@pytest.mark.parametrize("name", ["07a_training", "07b_reference_model"])
+def test_chapter_07_types_no_measured_number(name):
+    """Chapter 07a's and 07b's "What we measured" say what the cells show and type none of their numbers: every
+    number of the chapter is printed by a cell from results/*.json, so none can drift from its file."""
+    nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
     box = next("".join(c["source"]) for c in nb["cells"] if "".join(c["source"]).startswith("## What we measured"))
     prose = re.sub(r"§[\d.–]+", "", box)  # section numbers are not measurements
     typed = re.findall(r"\d+\.\d+|\d+\s*(?:%|nats|ms)", prose)  # "the 8 GB claim" names a claim
-    assert not typed, f"chapter 07's 'What we measured' types numbers: {typed}"
+    assert not typed, f"{name}'s 'What we measured' types numbers: {typed}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from csm_lib import verdicts as V
+from csm_lib.verdicts import table as V  # the table, and every constant, rule and type of rules.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_REPORT = ROOT.parent / "shared" / "seed"  # the seed report sits beside the repository, not in it
@@ -37,7 +37,14 @@ def judged(key: str, results: V.Results | None = None) -> V.Claim:
     return next(c for c in V.claims(ROOT, results) if c.key == key)
 
 
-# ------------------------------------------------------------------------------------- the README and the module
+def package_trees() -> list[ast.Module]:
+    """Every module of ``csm_lib/verdicts/``, parsed."""
+    modules = sorted(Path(V.__file__).parent.glob("*.py"))
+    assert len(modules) > 1, "csm_lib.verdicts is a package of modules"
+    return [ast.parse(p.read_text()) for p in modules]
+
+
+# ------------------------------------------------------------------------------------ the README and the package
 
 
 def test_the_readmes_claims_table_is_the_modules_output():
@@ -63,11 +70,12 @@ def test_every_claim_is_judged_once_with_its_evidence():
 
 
 def test_no_verdict_is_a_literal_string():
-    """Each verdict word is written once, as its constant; rows name the constant or a rule computes it."""
-    tree = ast.parse(Path(V.__file__).read_text())
-    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    """Each verdict word is written once in the whole package, as its constant; rows name the constant or a rule
+    computes it."""
+    strings = [n.value for tree in package_trees() for n in ast.walk(tree)
+               if isinstance(n, ast.Constant) and isinstance(n.value, str)]
     for word in V.VERDICTS:
-        assert strings.count(word) == 1, f"{word!r} is typed {strings.count(word)} times in csm_lib/verdicts.py"
+        assert strings.count(word) == 1, f"{word!r} is typed {strings.count(word)} times in csm_lib/verdicts/"
 
 
 ALLOWED = r"`[^`]*`|RTX 4090|H200|bf16|fp16|fp32|INT8|F0|95%|codebook-0|Codebook 0|chapters? \d\d|p50|p95"
@@ -76,10 +84,11 @@ ALLOWED = r"`[^`]*`|RTX 4090|H200|bf16|fp16|fp32|INT8|F0|95%|codebook-0|Codebook
 def test_no_number_is_typed_into_a_sentence():
     """Inside the functions that judge, every number of a sentence is formatted from a file or a constant: a string
     literal with a space and a digit is a number typed by hand. Exempt: a claim's own words (the second argument of
-    ``Claim`` / ``judged``), keys into the JSONs, the chapter names, and ``ALLOWED`` (names with digits)."""
-    tree = ast.parse(Path(V.__file__).read_text())
+    ``Claim`` / ``judged``), keys into the JSONs, the chapter names, and ``ALLOWED`` (names with digits). Every
+    function of every module of the package is read."""
+    trees = package_trees()
     exempt: set[int] = set()
-    for node in ast.walk(tree):
+    for node in (n for tree in trees for n in ast.walk(tree)):
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("Claim", "judged") and len(node.args) > 1:
             exempt |= {id(n) for n in ast.walk(node.args[1])}
         if isinstance(node, ast.keyword) and node.arg == "chapter":
@@ -89,7 +98,7 @@ def test_no_number_is_typed_into_a_sentence():
         if isinstance(node, ast.FormattedValue) and node.format_spec is not None:
             exempt |= {id(n) for n in ast.walk(node.format_spec)}
     typed = []
-    for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+    for fn in (n for tree in trees for n in tree.body if isinstance(n, ast.FunctionDef)):
         body = fn.body[1:] if ast.get_docstring(fn) else fn.body
         for node in (n for stmt in body for n in ast.walk(stmt)):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in exempt:

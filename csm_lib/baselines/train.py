@@ -32,6 +32,7 @@ from csm_lib.backbone import TransformerConfig
 from csm_lib.baselines.audiolm import COARSE, FINE, AudioLM, AudioLMConfig
 from csm_lib.baselines.token_lm import TokenLM, TokenLMConfig
 from csm_lib.baselines.valle import VallE, VallEConfig
+from csm_lib.outputs import REPO
 from csm_lib.progress import progress
 from csm_lib.text import TextTokenizer, load_tokenizer
 from csm_lib.train import RECIPE_FIELDS, TrainConfig, load_data, load_state, save_state
@@ -39,6 +40,7 @@ from csm_lib.train_codec import lr_at, parse_overrides
 
 SYSTEMS = ("valle", "audiolm", "textlm")
 REFERENCE = "checkpoints/csm_reference.safetensors"
+CHECKPOINTS = {name: REPO / "checkpoints" / f"{name}_reference.safetensors" for name in SYSTEMS}  # make baselines
 
 
 def T(dim: int, layers: int, hidden: int, heads: int = 8, kv: int = 2) -> TransformerConfig:
@@ -183,6 +185,30 @@ def loss(model: torch.nn.Module, system: str, b: dict, g: torch.Generator | None
 def reply_prefix(tok: TextTokenizer, prev_text: str, prev_speaker: int, speaker: int) -> list[int]:
     """The text LM's prompt: the user's turn, then ``<bos>[speaker]`` of the reply to write."""
     return tok.encode(prev_text, prev_speaker) + [tok.bos_id, tok.speaker_token(speaker)]
+
+
+SENTENCE_END = ".?!"
+
+
+def write_reply(lm: TokenLM, tok: TextTokenizer, user_text: str, user_speaker: int, speaker: int,
+                max_chars: int = 160) -> dict:
+    """The text LM's reply (greedy), with the seconds to its first sentence's end and to its end."""
+    prefix = torch.tensor([reply_prefix(tok, user_text, user_speaker, speaker)])
+    t0, first = time.perf_counter(), None
+    chars: list[str] = []
+
+    def seen(i: int, code: torch.Tensor) -> None:
+        nonlocal first
+        chars.append(tok.decode([int(code)]))
+        if first is None and chars[-1] in SENTENCE_END and len("".join(chars).strip()) > 1:
+            first = time.perf_counter() - t0
+
+    lm.generate(prefix, max_chars, temperature=0, on_target=seen)
+    total = time.perf_counter() - t0
+    text = "".join(chars).strip() or "yes."
+    cut = next((i + 1 for i, c in enumerate(text) if c in SENTENCE_END and i > 0), len(text))
+    return {"text": text, "first_sentence": text[:cut].strip(), "first_s": first if first is not None else total,
+            "total_s": total}
 
 
 def text_batch(rows: list, tok: TextTokenizer) -> dict:

@@ -3,7 +3,7 @@
     python -m csm_lib.bench kv-cache         # chapter 04: the KV cache's speed-up vs context length
     python -m csm_lib.bench amortization     # chapter 05: a training step, decoder on every frame vs 1/16
     python -m csm_lib.bench context-cost     # chapter 06: prefill over a context vs one cached position
-    python -m csm_lib.bench training-knobs   # chapter 07: fp32 vs bf16 autocast vs checkpointing
+    python -m csm_lib.bench training-knobs   # chapter 07a: fp32 vs bf16 autocast vs checkpointing
     python -m csm_lib.bench inference        # chapter 08: the fast path, time to first audio, INT8, speculation
     python -m csm_lib.bench latency          # chapter 09: the latency table (after make baselines)
     python -m csm_lib.bench loop             # chapter 09: the four systems under a streaming voice loop

@@ -27,7 +27,7 @@ def amortization_memory(cfg: CSMConfig, frames: torch.Tensor, mask: torch.Tensor
     """Decoder work and the activations autograd keeps for one training step at ``fraction``.
 
     ``saved_bytes`` is counted exactly (``budget.saved_tensor_bytes``); ``budget_model_MB`` is what the
-    analytic memory model of chapter 07 predicts for the same batch.
+    analytic memory model of chapter 07a predicts for the same batch.
     """
     torch.manual_seed(0)
     model = CSM(replace(cfg, decoder_fraction=fraction))

@@ -36,14 +36,12 @@ from csm_lib import audio as A
 from csm_lib import data, metrics
 from csm_lib import text as Tx
 from csm_lib.baselines import pipeline
-from csm_lib.baselines.train import load, load_text_lm, reply_prefix
+from csm_lib.baselines.train import CHECKPOINTS, load, load_text_lm, reply_prefix, write_reply  # noqa: F401
 from csm_lib.bench.common import DEVICES, LAUNCH_US, conversation_with, first_audio, layer_weights, threads_set
 from csm_lib.generate import REFERENCE_MODEL, Generator, Segment, load_generator, load_model
 from csm_lib.judges.evaluate import corpus_folder, held_out_targets, trained_with
-from csm_lib.outputs import REPO
 from csm_lib.progress import progress
 
-CHECKPOINTS = {name: REPO / "checkpoints" / f"{name}_reference.safetensors" for name in ("valle", "audiolm", "textlm")}
 SYSTEMS = ("pipeline", "audiolm", "valle", "csm")  # the seed's rows, in its order
 SEED_MS = {"pipeline": 850, "audiolm": 1200, "valle": 950, "csm": 180}
 SEED_IMPROVEMENT = {"pipeline": "Baseline", "audiolm": "-41%", "valle": "-12%", "csm": "+78.8%"}
@@ -164,29 +162,6 @@ def speech_out(gen: Generator, fns: dict, reps: list[dict]) -> dict:
                      "rtf_median": round(statistics.median(b / a for b, a in zip(last, audio_s, strict=True)), 3),
                      "audio_s_median": round(statistics.median(audio_s), 2)}
     return out
-
-
-SENTENCE_END = ".?!"
-
-
-def write_reply(lm, tok, user_text: str, user_speaker: int, speaker: int, max_chars: int = 160) -> dict:
-    """The text LM's reply (greedy), with the seconds to its first sentence's end and to its end."""
-    prefix = torch.tensor([reply_prefix(tok, user_text, user_speaker, speaker)])
-    t0, first = time.perf_counter(), None
-    chars: list[str] = []
-
-    def seen(i: int, code: torch.Tensor) -> None:
-        nonlocal first
-        chars.append(tok.decode([int(code)]))
-        if first is None and chars[-1] in SENTENCE_END and len("".join(chars).strip()) > 1:
-            first = time.perf_counter() - t0
-
-    lm.generate(prefix, max_chars, temperature=0, on_target=seen)
-    total = time.perf_counter() - t0
-    text = "".join(chars).strip() or "yes."
-    cut = next((i + 1 for i, c in enumerate(text) if c in SENTENCE_END and i > 0), len(text))
-    return {"text": text, "first_sentence": text[:cut].strip(), "first_s": first if first is not None else total,
-            "total_s": total}
 
 
 def full_turn(gen: Generator, fns: dict, reps: list[dict], lm, tok, rate: float) -> dict:

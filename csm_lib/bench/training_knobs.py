@@ -1,4 +1,4 @@
-"""Training knobs on this CPU (chapter 07): a training step in fp32, under bf16 autocast, and with gradient
+"""Training knobs on this CPU (chapter 07a): a training step in fp32, under bf16 autocast, and with gradient
 checkpointing. ``python -m csm_lib.bench training-knobs`` writes ``results/training_knobs.json``.
 
 Timings depend on the machine and on whatever else runs on it, so they live in a command, not in the tests:
@@ -50,7 +50,7 @@ def training_knobs(model: CSM, frames: torch.Tensor, mask: torch.Tensor, repeats
 
 
 def bench_training_knobs(threads: int = 2, repeats: int = 5) -> dict:
-    frames, mask, cfg, _ = reference_batch(max_len=192)  # the windows of chapter 07
+    frames, mask, cfg, _ = reference_batch(max_len=192)  # the windows of chapter 07a
     torch.manual_seed(0)
     model = CSM(cfg)
     with threads_set(threads):

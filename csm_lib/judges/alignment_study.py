@@ -21,7 +21,7 @@ and the recipe are the same; an unfinished arm resumes from ``runs/alignment_stu
 ``python -m csm_lib.judges.alignment_study [--steps=300] [--turns=40]``
 writes ``results/alignment_study.json`` (``make alignment-study``).
 
-Explained in chapter 07 (``notebooks/07_training.ipynb``, section 6.5).
+Explained in chapter 07b (``notebooks/07b_reference_model.ipynb``, section 5).
 """
 
 from __future__ import annotations

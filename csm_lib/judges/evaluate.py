@@ -35,7 +35,7 @@ paired differences (``compare_models``).
 This module and ``train`` do not import each other: what both need (loading checkpoints) lives
 in ``generate``, the corpus windows in ``dataset``.
 
-Explained in chapter 07 (``notebooks/07_training.ipynb``).
+Explained in chapter 07b (``notebooks/07b_reference_model.ipynb``).
 """
 
 from __future__ import annotations
@@ -338,7 +338,7 @@ def probe(path: str | Path, n_windows: int = 40) -> dict:
 
 
 def compare_text_inputs(model_paths: list[str | Path], turns: int = 24, unseen_turns: int = 24) -> dict:
-    """Chapter 07's comparison: models trained alike but reading different text (bpe, chars, phones),
+    """Chapter 07b's comparison: models trained alike but reading different text (bpe, chars, phones),
     judged with context on the same held-out and unseen-word turns, with their validation curves."""
     out = {"models": {}, "provenance": checkpoint.provenance("csm_lib.judges.evaluate", "cpu")}
     for path in model_paths:
