@@ -131,13 +131,13 @@ model-stage4: setup
 	for f in model.safetensors model.json model.tokenizer.json; do \
 	  cp runs/reference4/$$f checkpoints/csm_stage4.$${f#model.}; done
 
-## model-ship: make stage 3 the shipped reference once it has finished its steps (checkpoints/csm_stage3 ->
-## checkpoints/csm_reference). Every result measured with the old reference is then stale: `make model-eval`, then
-## the benchmarks that name it (tests/test_readme.py lists them).
+## model-ship: make stage 4 the shipped reference once it has finished its steps (checkpoints/csm_stage4 ->
+## checkpoints/csm_reference; against stage 3, results/stage4_vs_stage3.json: lower validation loss, no held-out
+## measure worse). Every result measured with the old reference is then stale: `make results` re-measures them.
 model-ship: setup
-	$(PY) -c "import json, sys; m = json.load(open('checkpoints/csm_stage3.json')); \
-	  sys.exit(0 if m['steps'] >= m['train']['steps'] else f\"stage 3 is at step {m['steps']} of {m['train']['steps']}\")"
-	for f in safetensors json tokenizer.json; do cp checkpoints/csm_stage3.$$f checkpoints/csm_reference.$$f; done
+	$(PY) -c "import json, sys; m = json.load(open('checkpoints/csm_stage4.json')); \
+	  sys.exit(0 if m['steps'] >= m['train']['steps'] else f\"stage 4 is at step {m['steps']} of {m['train']['steps']}\")"
+	for f in safetensors json tokenizer.json; do cp checkpoints/csm_stage4.$$f checkpoints/csm_reference.$$f; done
 
 ## seed-variants: the seed's dual memory bank and cross-modal attention trained inside CSM (csm_lib/seed_model.py), and
 ## the plain CSM beside them at equal compute: each starts from checkpoints/csm_reference and trains VARIANT_STEPS more
