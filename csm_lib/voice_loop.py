@@ -54,7 +54,7 @@ SAMPLE_RATE = 16_000  # what the detector and the recogniser take (the corpus's 
 CHUNK_MS = 80  # the user's audio arrives in chunks this long: one codec frame
 # the silence the recogniser is still fed before the rule decides (``Listener``): the smallest whose streamed WER on
 # the valid split's user turns is within a point of feeding every chunk (results/voice_loop.json recognition.asr_tail)
-ASR_TAIL_MS = 160.0
+ASR_TAIL_MS = 0.0
 SENTENCE_END = ".?!"
 CLAUSE_END = ",;:"
 
