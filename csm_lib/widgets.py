@@ -122,7 +122,7 @@ function render({ model, el }) {
   note.style.marginLeft = "1em";
   el.append(button, note);
   let rec = null;
-  const show = () => { button.textContent = rec ? "■ stop" : "🎤 " + model.get("label"); };
+  const show = () => { button.textContent = rec ? "■ stop" : "● " + model.get("label"); };
 
   async function start() {
     let stream;

@@ -219,7 +219,8 @@ def test_playground_talk_mode_hears_a_microphone_and_answers(lab, tmp_path):
 
     audio, sr = data.synthesize(SPOKEN, "slt", data.Style(f0_mean=170.0, f0_std=25.0, stretch=1.0))
     wav = tmp_path / "microphone.wav"
-    sf.write(wav, np.concatenate([audio, np.zeros(4 * sr, dtype=audio.dtype)]), sr, subtype="PCM_16")
+    sf.write(wav, np.concatenate([np.asarray(audio, dtype=np.float32), np.zeros(4 * sr, dtype=np.float32)]), sr,
+             subtype="PCM_16")
     mic = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
            f"--use-file-for-fake-audio-capture={wav}")
     url, token = lab
