@@ -132,8 +132,8 @@ model-stage4: setup
 	  cp runs/reference4/$$f checkpoints/csm_stage4.$${f#model.}; done
 
 ## model-ship: make stage 4 the shipped reference once it has finished its steps (checkpoints/csm_stage4 ->
-## checkpoints/csm_reference; against stage 3, results/stage4_vs_stage3.json: lower validation loss, no held-out
-## measure worse). Every result measured with the old reference is then stale: `make results` re-measures them.
+## checkpoints/csm_reference; against stage 3, results/stage4_vs_stage3.json: lower validation loss and WER, no
+## paired interval worse). Every result measured with the old reference is then stale: `make results` re-measures them.
 model-ship: setup
 	$(PY) -c "import json, sys; m = json.load(open('checkpoints/csm_stage4.json')); \
 	  sys.exit(0 if m['steps'] >= m['train']['steps'] else f\"stage 4 is at step {m['steps']} of {m['train']['steps']}\")"
