@@ -94,12 +94,17 @@ class SimulatedClock(RealClock):
 # ----------------------------------------------------------------------------- the truth: where speech ends
 
 
+def frame_db(audio: torch.Tensor, sr: int, frame_ms: float = 10.0) -> tuple[torch.Tensor, int]:
+    """The power of each whole ``frame_ms`` frame of ``audio`` (T,) in dB (F,), and a frame's length in samples."""
+    n = max(1, round(sr * frame_ms / 1000))
+    frames = audio[: len(audio) // n * n].reshape(-1, n)
+    return 10 * torch.log10(frames.pow(2).mean(1) + 1e-12), n
+
+
 def speech_span(audio: torch.Tensor, sr: int, floor_db: float = 40.0, frame_ms: float = 10.0) -> tuple[float, float]:
     """(start, end) of speech in ``audio`` (T,), in seconds: the first and last ``frame_ms`` frames whose RMS is
     within ``floor_db`` of the loudest frame's. flite's phone timings agree within 10-80 ms (a last phone decays)."""
-    n = max(1, round(sr * frame_ms / 1000))
-    frames = audio[: len(audio) // n * n].reshape(-1, n)
-    db = 10 * torch.log10(frames.pow(2).mean(1) + 1e-12)
+    db, n = frame_db(audio, sr, frame_ms)
     loud = (db > db.max() - floor_db).nonzero()[:, 0]
     return loud[0].item() * n / sr, (loud[-1].item() + 1) * n / sr
 

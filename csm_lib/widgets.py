@@ -331,13 +331,10 @@ class Playground:
         until the end-of-turn rule fires), answered by the other speaker: ``{"heard", "reply"}`` (``reply`` as
         ``generate`` returns it; ``sampling``: ``generate``'s temperature, topk, codebooks, use_context)."""
         self._check_speaker(speaker)
-        ear, n = self._listener(), V.SAMPLE_RATE * V.CHUNK_MS // 1000
-        ear.start()
-        x, end = torch.cat([audio, torch.zeros(3 * V.SAMPLE_RATE)]), 0
-        for end in range(n, len(x) + n, n):
-            if ear.push(x[end - n:end]):
-                break
-        return self._answer(ear.finish(), x[:end], speaker, seed, **sampling)
+        ear = self._listener()
+        heard = V.listen(audio, ear.detector, ear.recognizer, ear.rule, V.SimulatedClock(), asr_tail_ms=ear.asr_tail_ms)
+        waited = torch.zeros(round(heard.heard_s * V.SAMPLE_RATE) - len(heard.audio))  # the silence the rule waited
+        return self._answer(heard.text, torch.cat([heard.audio, waited]), speaker, seed, **sampling)
 
     def _answer(self, heard: str, audio: torch.Tensor, speaker: int, seed: int, **sampling) -> dict:
         """The heard turn joins the conversation; the text LM writes the reply; the other speaker says it."""

@@ -274,10 +274,8 @@ def recognition(turns: list[dict], cmninit: str, lines: list[V.Timeline], rule, 
 def longest_pause_ms(audio: torch.Tensor, floor_db: float = 35.0, frame_ms: float = 10.0) -> float:
     """The longest run of ``frame_ms`` frames quieter than the loudest minus ``floor_db``, inside the speech
     (``V.speech_span``): the longest pause of a reply, in ms."""
-    n = round(V.SAMPLE_RATE * frame_ms / 1000)
     start, end = (round(t * 1000 / frame_ms) for t in V.speech_span(audio, V.SAMPLE_RATE))
-    frames = audio[: len(audio) // n * n].reshape(-1, n)
-    db = 10 * torch.log10(frames.pow(2).mean(1) + 1e-12)
+    db, _ = V.frame_db(audio, V.SAMPLE_RATE, frame_ms)
     quiet, run, best = (db < db.max() - floor_db)[start:end].tolist(), 0, 0
     for q in quiet:
         run = run + 1 if q else 0
