@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-eval text-inputs alignment-study budget-gpu model-422m results results-list results-other workbook test lab lint clean-data \
+.PHONY: venv flite setup corpus corpus-bench judges-baseline codec codec-eval model model-stages-1-3 model-eval text-inputs alignment-study budget-gpu model-422m results results-list results-other workbook test lab lint clean-data \
 	bench bench-kv-cache bench-amortization bench-context-cost bench-training-knobs bench-inference test-portable parity \
 	baselines bench-latency bench-loop serve bench-serve screenshot model-stage3 model-stage4 model-ship finetune bench-finetune quality-judges seed-variants bench-quality bench-pronunciation
 
@@ -99,9 +99,18 @@ MODEL_RECIPE = --preset=reference --text=wordnet --hours=20 --corpus_seed=3 --un
   --batch=8 --max_len=512 --steps=$(MODEL_STEPS) --lr=1.5e-3 --warmup=200 --amp=fp32 --decoder_fraction=0.25 \
   --audio_dropout=0.5 --eval_every=250 --judge_turns=0 --threads=2
 MODEL_MORE = --hours=$(MODEL_MORE_HOURS) --steps=$(MODEL_MORE_STEPS)
+MODEL_SHIPPED = $(PY) -c "import json; print('yes' if json.load(open('checkpoints/csm_reference.json'))['steps'] > \
+  $(MODEL_MORE_STEPS) else 'no')"
 MODEL_STAGE = $(PY) -c "import json; t = json.load(open('checkpoints/csm_reference.json'))['train']; \
   print(2 if t['hours'] == $(MODEL_MORE_HOURS) else 1)"
 model: setup
+	@if [ "$$($(MODEL_SHIPPED) 2>/dev/null)" = yes ]; then \
+	  echo "checkpoints/csm_reference is the shipped stage 4: make model has nothing to do. To retrain from scratch," \
+	    "delete checkpoints/csm_reference.* checkpoints/csm_stage3.* checkpoints/csm_stage4.*, then" \
+	    "run make model until stage 3 has finished, make model-stage4 until stage 4 has, and make model-ship"; else $(MAKE) model-stages-1-3; fi
+
+## model-stages-1-3: what `make model` runs until stage 4 ships (one sitting of stage 1 or 2, then stage 3's).
+model-stages-1-3: setup
 	if [ "$$($(MODEL_STAGE) 2>/dev/null)" != 2 ]; then \
 	  OMP_NUM_THREADS=2 $(PY) -m csm_lib.train $(MODEL_RECIPE) --text_input=phones --minutes=$(MODEL_MINUTES) \
 	    --out=runs/reference --continue_from=checkpoints/csm_reference.safetensors && \

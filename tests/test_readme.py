@@ -79,7 +79,8 @@ def params(preset: str, part: str = "total"):
 
 
 def stage_loss(stage: int, hours: float, split: str) -> Callable[[dict], float]:
-    """The codebook-0 loss of make model's stage ``stage`` (1 or 2) on ``split`` windows of the corpus of ``hours``."""
+    """The codebook-0 loss of the ``stage``-th model of a stages file (evaluate losses) on ``split`` windows of the
+    corpus of ``hours``."""
     def get(d: dict) -> float:
         model = list(d["models"].values())[stage - 1]
         return next(c[split] for c in model["c0_loss"].values() if c["hours"] == hours)
@@ -112,6 +113,10 @@ VOICE = "results/finetune.json"  # make bench-finetune
 STAGES = "results/reference_stages.json"  # make model's two stages on the same windows (evaluate losses)
 REF_6000 = "results/reference_model_6000.json"  # make model-eval on the reference at the end of stage 1
 CK_6000 = "results/reference_6000_model.json"  # its checkpoint JSON
+REF_7800 = "results/reference_model_7800.json"  # make model-eval on the reference at the end of stage 2
+CK_7800 = "results/reference_7800_model.json"  # its checkpoint JSON
+STAGE3 = "checkpoints/csm_stage3.json"
+STAGES_3_4 = "results/reference_stages_3_4.json"  # stages 3 and 4 on the 40 h corpus's windows (evaluate losses)
 FORTY = "results/reference_40h_model.json"
 OLD = "results/reference_model_40h_templates.json"
 INF = "results/inference.json"
@@ -478,6 +483,11 @@ ENTRIES = [
     ("| voice loop, what starting on the first phrase", LOOP, ["phrase_cut_cost", "cut_minus_whole", "pitch_step_st"],
      lambda x: f"{x['median']:+.2f} semitones [{x['ci95'][0]:+.2f}, {x['ci95'][1]:+.2f}] (n = {x['n']} voiced"),
     # --- the alignment study (make alignment-study, chapter 07b section 5) ---
+    ("| alignment study:", STUDY, ["reference", "steps"], "reference (step {:,})"),
+    ("| alignment study:", STUDY, ["reference", "fingerprint"],
+     lambda f: "continues stage 2's reference" if f == _load(REF_7800)["measured_with"]["fingerprint"] else "?"),
+    ("| same study, attention", STUDY, ["reference", "fingerprint"],
+     lambda f: "layer, stage 2's reference" if f == _load(REF_7800)["measured_with"]["fingerprint"] else "?"),
     ("| alignment study:", STUDY, ["steps"], "for {} steps"),
     ("| alignment study:", STUDY, ["recipe", "hours"], "on the {:g} h corpus"),
     ("| alignment study:", STUDY, ["turns"], "on {} held-out turns"),
@@ -572,29 +582,46 @@ ENTRIES = [
     ("| same, unseen-word split", REF, ["unseen_words", "with_context", "wer_ci95"],
      lambda c: f"[{c[0]:.1%}–{c[1]:.1%}]"),
     ("| same, unseen-word split", REF, ["unseen_words", "ground_truth", "wer"], "(ground truth {:.1%})"),
-    ("| reference CSM training so far", CK, ["steps"], "{:,} of"),
-    ("| reference CSM training so far", CK, ["train", "steps"], "of {:,} steps"),
-    ("| reference CSM training so far", CK, ["train", "batch"], "of {} windows"),
-    ("| reference CSM training so far", CK, ["data", "train_hours"], "model: {:.1f} h train)"),
-    ("| reference CSM training so far", CK_6000, ["steps"], "stage 1: {:,} steps on the"),
-    ("| reference CSM training so far", CK_6000, ["train", "hours"], "on the {:.0f} h corpus,"),
-    ("| reference CSM training so far", CK, ["train", "hours"], "stage 2 on the {:.0f} h corpus"),
-    ("| reference CSM training so far", CK, ["train", "init"],
-     lambda p: "from stage 1's model" if p.endswith("csm_reference.safetensors") else "?"),
-    ("| reference CSM training so far", CK, ["train", "threads"], lambda n: "two CPU threads" if n == 2 else "?"),
-    ("| reference CSM training so far", CK, lambda d: total_seconds(d["history"]) / 60, "| {:.0f} min;"),
-    ("| reference CSM training so far", CK, ["valid", "valid_c0_loss"], "loss {:.2f} nats"),
-    ("| reference CSM training so far", CK, lambda d: math.log(d["config"]["audio_vocab_size"]), "(chance {:.2f})"),
-    ("| the reference's two stages on the same", STAGES, ["windows"], "(the first {} of each split"),
-    ("| the reference's two stages on the same", CK_6000, ["steps"], "stage 1 (step {:,},"),
-    ("| the reference's two stages on the same", CK, ["steps"], "stage 2 (step {:,},"),
-    ("| the reference's two stages on the same", STAGES, stage_loss(1, 20, "train"), "| {:.2f} /"),
-    ("| the reference's two stages on the same", STAGES, stage_loss(2, 20, "train"), "/ {:.2f};"),
-    ("| the reference's two stages on the same", STAGES, stage_loss(1, 20, "valid"), "; {:.2f} /"),
-    ("| the reference's two stages on the same", STAGES, stage_loss(2, 20, "valid"), "/ {:.2f} nats"),
-    ("| the reference's two stages on the same", STAGES, lambda d: [m["measured_with"]["fingerprint"]
-                                                                    for m in d["models"].values()],
+    ("| reference CSM training:", CK, ["steps"], "{:,} of"),
+    ("| reference CSM training:", CK, ["train", "steps"], "of {:,} steps"),
+    ("| reference CSM training:", CK, ["train", "batch"], "of {} windows"),
+    ("| reference CSM training:", CK, ["data", "train_hours"], "stage before: {:.1f} h train;"),
+    ("| reference CSM training:", CK_6000, ["steps"], "stage 1: {:,} steps on the"),
+    ("| reference CSM training:", CK_6000, ["train", "hours"], "on the {:.0f} h corpus;"),
+    ("| reference CSM training:", CK, ["train", "hours"], "stages 2–4 on the {:.0f} h corpus"),
+    ("| reference CSM training:", CK, ["init_from", "path"],
+     lambda p: "each from the stage before" if p.endswith("csm_stage3.safetensors") else "?"),
+    ("| reference CSM training:", STAGE3, ["train", "regroup"], lambda r: "two with a quarter," if r == 0.25 else "?"),
+    ("| reference CSM training:", CK, ["train", "regroup"], lambda r: "then\nhalf, of the" if r == 0.5 else "?"),
+    ("| reference CSM training:", CK, ["train", "threads"], lambda n: "two CPU threads" if n == 2 else "?"),
+    ("| reference CSM training:", CK, lambda d: total_seconds(d["history"]) / 60, "| {:.0f} min;"),
+    ("| reference CSM training:", CK, ["valid", "valid_c0_loss"], "loss {:.2f} nats"),
+    ("| reference CSM training:", CK, lambda d: math.log(d["config"]["audio_vocab_size"]), "(chance {:.2f})"),
+    ("| the reference's first two stages", STAGES, ["windows"], "(the first {} of each split"),
+    ("| the reference's first two stages", CK_6000, ["steps"], "stage 1 (step {:,},"),
+    ("| the reference's first two stages", CK_7800, ["steps"], "stage 2 (step {:,},"),
+    ("| the reference's first two stages", STAGES, stage_loss(1, 20, "train"), "| {:.2f} /"),
+    ("| the reference's first two stages", STAGES, stage_loss(2, 20, "train"), "/ {:.2f};"),
+    ("| the reference's first two stages", STAGES, stage_loss(1, 20, "valid"), "; {:.2f} /"),
+    ("| the reference's first two stages", STAGES, stage_loss(2, 20, "valid"), "/ {:.2f} nats"),
+    ("| the reference's first two stages", STAGES, lambda d: [m["measured_with"]["fingerprint"]
+                                                              for m in d["models"].values()],
      lambda f: "stage 2 (step" if f == [_load(REF_6000)["measured_with"]["fingerprint"],
+                                        _load(REF_7800)["measured_with"]["fingerprint"]] else "?"),
+    ("| the reference's later stages", STAGES_3_4, ["windows"], "(the first {} of each split"),
+    ("| the reference's later stages", CK, ["train", "hours"], "split of the {:.0f} h corpus)"),
+    ("| the reference's later stages", CK_7800, ["steps"], "stage 2 (step {:,})"),
+    ("| the reference's later stages", STAGE3, ["steps"], "stage 3 (step {:,})"),
+    ("| the reference's later stages", CK, ["steps"], "stage 4 (step {:,})"),
+    ("| the reference's later stages", STAGES, stage_loss(2, 40, "train"), "| {:.2f} /"),
+    ("| the reference's later stages", STAGES_3_4, stage_loss(1, 40, "train"), "/ {:.2f} /"),
+    ("| the reference's later stages", STAGES_3_4, stage_loss(2, 40, "train"), "/ {:.2f};"),
+    ("| the reference's later stages", STAGES, stage_loss(2, 40, "valid"), "; {:.2f} /"),
+    ("| the reference's later stages", STAGES_3_4, stage_loss(1, 40, "valid"), "/ {:.2f} /"),
+    ("| the reference's later stages", STAGES_3_4, stage_loss(2, 40, "valid"), "/ {:.2f} nats"),
+    ("| the reference's later stages", STAGES_3_4, lambda d: [m["measured_with"]["fingerprint"]
+                                                              for m in d["models"].values()],
+     lambda f: "stage 4 (step" if f == [fingerprint(ROOT / STAGE3.replace(".json", ".safetensors")),
                                         fingerprint(ROOT / CK.replace(".json", ".safetensors"))] else "?"),
     ("| the reference at the end of stage 1", CK_6000, ["steps"], "stage 1 (step {:,},"),
     ("| the reference at the end of stage 1", CK_6000, ["train", "hours"], "{:.0f} h corpus)"),
@@ -606,6 +633,17 @@ ENTRIES = [
     ("| the reference at the end of stage 1", REF_6000, ["with_context", "sim"], "/ {:.3f};"),
     ("| the reference at the end of stage 1", REF_6000, ["unseen_words", "with_context", "wer"], "; {:.1%};"),
     ("| the reference at the end of stage 1", REF_6000, ["without_context", "wer"], "; {:.1%} |"),
+    ("| the reference at the end of stage 2", CK_7800, ["steps"], "stage 2 (step {:,},"),
+    ("| the reference at the end of stage 2", CK_7800, ["train", "hours"], "{:.0f} h corpus)"),
+    ("| the reference at the end of stage 2", REF_7800, ["turns"], "the same {} held-out"),
+    ("| the reference at the end of stage 2", REF_7800, ["settings", "temperature"], "temperature {}:"),
+    ("| the reference at the end of stage 2", REF_7800, ["with_context", "wer"], "| {:.1%} ["),
+    ("| the reference at the end of stage 2", REF_7800, ["with_context", "wer_ci95"],
+     lambda c: f"[{c[0]:.1%}–{c[1]:.1%}]"),
+    ("| the reference at the end of stage 2", REF_7800, ["with_context", "sim"], "/ {:.3f};"),
+    ("| the reference at the end of stage 2", REF_7800, ["unseen_words", "with_context", "wer"], "; {:.1%};"),
+    ("| the reference at the end of stage 2", REF_7800, ["without_context", "wer"], "; {:.1%} |"),
+    ("| the reference at the end of stage 2", REF_7800, ["measured_with", "steps"], "(step {:,}, 40 h"),
     ("**The reference model now reads sentences", OLD, ["with_context", "wer"], "scored {:.1%} WER"),
     ("**The reference model now reads sentences", "results/reference_model_3736.json", ["with_context", "wer"],
      "from {:.1%} at step"),
@@ -746,28 +784,35 @@ def notebook_outputs(path: Path) -> str:
 
 
 def measured_with(result: str) -> str:
-    """The checkpoint JSON of the reference CSM that ``result`` was measured with: the current one when
-    the result records its fingerprint, the step-3,736 one for results made before that record existed."""
+    """The checkpoint JSON of the reference CSM that ``result`` was measured with: the current one, or an earlier one
+    whose checkpoint JSON is kept (``EARLIER``); results made before the record existed were all made at step 3,736."""
     record = _load(result).get("measured_with")
     made = record["fingerprint"] if record else THE_3736  # results made before the record: all at step 3,736
     if made == fingerprint(ROOT / CK.replace(".json", ".safetensors")):
         return CK
-    assert made == THE_3736, f"{result} was measured with a reference that is neither the current one nor " \
-        f"step 3,736: {record}"
-    return CK_3736
+    earlier = {THE_3736: CK_3736, _load(REF_7800)["measured_with"]["fingerprint"]: CK_7800}
+    assert made in earlier, f"{result} was measured with a reference that is neither the current one nor an " \
+        f"earlier one whose checkpoint JSON is kept: {record}"
+    return earlier[made]
 
 
 THE_3736 = "315d7bbca068"  # sha256[:12] of checkpoints/csm_reference.safetensors at step 3,736
 
 
 def test_readme_names_the_results_an_earlier_reference_measured():
-    behind = {r for r in REFERENCE_RESULTS if measured_with(r) != CK}
-    said = readme().split("**Measured with the reference at step", 1)
-    named = set(re.findall(r"`(results/\w+\.json)`", said[1].split("\n\n", 1)[0])) if len(said) > 1 else set()
-    named &= set(REFERENCE_RESULTS)  # the paragraph also names the old checkpoint's JSON
-    assert named == behind, f"the README should name exactly these results as behind the reference: {sorted(behind)}"
-    if behind:
-        assert f"**Measured with the reference at step {_load(CK_3736)['steps']:,}" in readme()
+    """Each earlier reference that still measured a result has a paragraph, "**Measured with the reference at step
+    N**", naming exactly those results."""
+    behind: dict[str, set[str]] = {}
+    for r in REFERENCE_RESULTS:
+        if (ck := measured_with(r)) != CK:
+            behind.setdefault(ck, set()).add(r)
+    for ck in (CK_3736, CK_7800):
+        head = f"**Measured with the reference at step {_load(ck)['steps']:,}"
+        said = readme().split(head, 1)
+        named = set(re.findall(r"`(results/\w+\.json)`", said[1].split("\n\n", 1)[0])) if len(said) > 1 else set()
+        named &= set(REFERENCE_RESULTS)  # the paragraph also names the old checkpoint's JSON
+        assert named == behind.get(ck, set()), \
+            f"the README should name exactly these results as measured {head}**: {sorted(behind.get(ck, set()))}"
 
 
 def test_the_reference_is_judged_on_sentences_its_own_training_never_read():

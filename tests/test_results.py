@@ -26,6 +26,8 @@ STALE = {
 HISTORY = {
     "reference_model_6000.json": "stage 1's reference (step 6,000), judged by make model-eval at the time",
     "temperature_sweep_6000.json": "stage 1's temperature sweep",
+    "reference_model_7800.json": "stage 2's reference (step 7,800), judged by make model-eval at the time; chapter 07b "
+                                 "compares the stages with it, and the alignment study started from that model",
 }
 
 
