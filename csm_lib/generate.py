@@ -70,7 +70,7 @@ MIN_TEMPERATURE = 0.01  # below it (but above 0: greedy), logits / temperature c
 # among temperatures whose turns end by themselves (results/temperature_sweep.json; tests/test_generate.py keeps
 # the two in agreement). load_generator() samples the reference at it by default, and so do the playground and
 # the server; a Generator built by hand samples at Sesame's default, SESAME_TEMPERATURE, unless told otherwise.
-REFERENCE_TEMPERATURE = 0.5
+REFERENCE_TEMPERATURE = 0.3
 SESAME_TEMPERATURE = 0.9  # SesameAILabs/csm's generate(temperature=0.9)
 
 
