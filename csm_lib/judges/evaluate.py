@@ -331,6 +331,7 @@ def probe(path: str | Path, n_windows: int = 40) -> dict:
     train_w, valid_w = training_windows(trained_with(meta), model_tokenizer(path))
     idx = list(range(n_windows))
     return {"model": str(path), "step": meta.get("step", meta.get("steps")),
+            "measured_with": checkpoint.model_record(path),
             "train": loss_by_turn_position(model, train_w, idx),
             "train_text_scrambled": loss_by_turn_position(model, train_w, idx, scramble_text=True),
             "valid": loss_by_turn_position(model, valid_w, idx),
