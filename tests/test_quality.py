@@ -82,22 +82,11 @@ def _summary(level: float, width: float = 0.02) -> dict:
         {"duration_ratio_median": 1.0, "duration_ratio_ci95": [0.9, 1.1]}
 
 
-def test_verdicts_follow_the_intervals():
-    from csm_lib.bench.quality import seed_layout, verdicts
+def test_seed_layout_puts_the_seeds_numbers_beside_ours():
+    from csm_lib.bench.quality import seed_layout
 
-    csm = _summary(0.9, 0.05)  # the seed's 0.88, 0.91, 0.85 (!), 0.89, 0.92 all inside [0.85, 0.95]...
-    csm |= {"character_consistency": 0.97, "character_consistency_ci95": [0.95, 0.99],  # ...but above 0.88
-            "prosodic_naturalness": 0.5, "prosodic_naturalness_ci95": [0.45, 0.55]}  # ...and below 0.85
-    table = {"systems": {"ground_truth": {"summary": _summary(0.95)}, "csm": {"summary": csm},
-                         "csm_plain": {"summary": _summary(0.5)}, "csm_memory": {"summary": _summary(0.7)},
-                         "csm_cross_modal": {"summary": _summary(0.51)}}}
-    v = verdicts(table)
-    assert v["character_consistency"].startswith("exceeded")
-    assert v["prosodic_naturalness"].startswith("not reproduced")
-    assert v["voice_consistency"].startswith("reproduced")
-    assert v["cross_modal_attention"].startswith("no difference")  # 0.51 +- 0.02 overlaps 0.5 +- 0.02
-    # the memory bank is higher everywhere: better on the scores and SIM, worse on WER and style error
-    assert v["dual_memory_bank"].startswith("mixed") and "wer" in v["dual_memory_bank"].split("worse on")[1]
+    csm = _summary(0.9, 0.05)
+    table = {"systems": {"ground_truth": {"summary": _summary(0.95)}, "csm": {"summary": csm}}}
     layout = seed_layout(table)
     assert layout.loc["character consistency", "seed"] == "0.88" and layout.loc["wer", "seed"] == ""
     assert layout.loc["voice consistency", "csm"] == "0.90 [0.85-0.95]"

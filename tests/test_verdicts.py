@@ -57,6 +57,17 @@ def test_the_command_prints_the_table(capsys):
     assert capsys.readouterr().out.strip() == readme_table()
 
 
+def test_a_chapter_shows_the_tables_rows_for_its_claims():
+    rows = V.for_chapter("08", ROOT).splitlines()
+    assert rows[:2] == V.markdown([]).splitlines()  # the README's header
+    assert set(rows[2:]) <= set(readme_table().splitlines())  # the README's rows, word for word
+    claims = ("3.5ms inference", "speculative decoding", "flash attention", "INT8", "200ms chunks")
+    assert len(rows[2:]) == 6 and all(any(c in r for r in rows) for c in claims)
+    assert not any("Character Consistency" in r for r in rows)
+    with pytest.raises(ValueError, match="no seed claim"):
+        V.for_chapter("99", ROOT)
+
+
 def test_every_claim_is_judged_once_with_its_evidence():
     rows = V.claims(ROOT)
     assert [c.key for c in rows] == list(V.ORDER) and len(rows) >= 35

@@ -1,6 +1,7 @@
 """The README's "Seed claims: status" table: every claim in the seed's order (``ORDER``), each judged by its family's
-module, beside the claims no rule judges (``UNADDRESSED``); ``markdown`` formats it, ``main`` is the command
-(``python -m csm_lib.verdicts``). Every constant, rule and type of ``rules.py`` is also reachable from here.
+module, beside the claims no rule judges (``UNADDRESSED``); ``markdown`` formats it, ``for_chapter`` gives a
+chapter its rows, ``main`` is the command (``python -m csm_lib.verdicts``). Every constant, rule and type of
+``rules.py`` is also reachable from here.
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ def markdown(rows: list[Claim] | None = None) -> str:
         lines.append(f"| {c.claim} | **{c.verdict}**{f' ({c.qualifier})' if c.qualifier else ''} | {c.evidence}"
                      f"{f' ({c.floor})' if c.floor else ''} | {c.detail} | {where or '-'} |")
     return "\n".join(lines)
+
+
+def for_chapter(chapter: str, root: Path | str = "..") -> str:
+    """The rows of the claims a chapter explains (``Claim.chapter`` names it), formatted as in the README: what a
+    chapter displays instead of typing a verdict (``root``: the repository, ``..`` from ``notebooks/``)."""
+    rows = [c for c in claims(root) if chapter in (s.strip() for s in c.chapter.split(","))]
+    if not rows:
+        raise ValueError(f"no seed claim names chapter {chapter!r}")
+    return markdown(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
