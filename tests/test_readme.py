@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from csm_lib.bench.results import STEPS
 from csm_lib.checkpoint import fingerprint
 from csm_lib.train import total_seconds
 
@@ -688,6 +689,7 @@ ENTRIES = [
     (PARA, REF, lambda d: d["with_context"]["wer"] <= d["ground_truth"]["wer"] + 0.1,
      lambda met: "is not, and" if not met else "?"),
     (PARA, REF, ["layouts", "own_last", "sim"], "(SIM {:.3f} with the speaker's own turn\nlast)"),
+    ("**Re-measuring on the shipped model.**", None, lambda: sum(s.minutes for s in STEPS) / 60, "about {:.0f} hours"),
     (PARA, REF, lambda d: d["layouts"]["own_last"]["sim"] >= 0.85,
      lambda met: "neither is the voice" if not met else "?"),
     ("| the template-corpus reference", FORTY, ["train", "hours"], "({:.0f} h,"),

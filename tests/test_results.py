@@ -16,8 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # make target -> why its committed files are not of the shipped reference (re-measured by `make results`)
 STALE = {
-    "model-eval": "reference_model_probe.json was written before results recorded their model",
-    "bench-latency": "chapter 09's table was measured on the reference at step 3,736",
     "seed-variants": "chapter 10's variants were trained from the reference at step 3,736",
     "bench-quality": "chapter 10's table was measured on the reference at step 3,736",
     "bench-pronunciation": "measured on the reference at step 3,736",

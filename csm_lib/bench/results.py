@@ -38,19 +38,19 @@ VARIANT_STEPS = 300  # the Makefile's VARIANT_STEPS
 class Step:
     target: str  # the make target
     files: tuple[str, ...]  # what it writes under results/ (or checkpoints/ for the seed variants)
-    minutes: float  # measured on 2 cores
+    minutes: float  # measured on 2 cores (the stage-4 reference's run; seed-variants and bench-quality earlier)
 
 
 STEPS = (
-    Step("model-eval", ("temperature_sweep.json", "reference_model.json", "reference_model_probe.json"), 40),
-    Step("bench-inference", ("inference.json",), 15),
+    Step("model-eval", ("temperature_sweep.json", "reference_model.json", "reference_model_probe.json"), 31),
+    Step("bench-inference", ("inference.json",), 6),
     Step("bench-latency", ("latency_table.json",), 25),
-    Step("bench-loop", ("voice_loop.json",), 20),
+    Step("bench-loop", ("voice_loop.json",), 16),
     Step("seed-variants", tuple(f"csm_{v}.safetensors" for v in VARIANTS), 30),
     Step("bench-quality", ("quality_table.json",), 90),
     Step("bench-pronunciation", ("pronunciation.json",), 15),
-    Step("bench-serve", ("serving.json",), 3),
-    Step("bench-finetune", ("finetune.json",), 20),
+    Step("bench-serve", ("serving.json",), 2),
+    Step("bench-finetune", ("finetune.json",), 30),
 )
 
 
