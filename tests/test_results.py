@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 STALE = {
     "seed-variants": "chapter 10's variants were trained from the reference at step 3,736",
     "bench-quality": "chapter 10's table was measured on the reference at step 3,736",
-    "bench-pronunciation": "measured on the reference at step 3,736",
 }
 # results that name the reference but belong to an earlier one on purpose: the chapters cite them as its record
 HISTORY = {

@@ -44,11 +44,11 @@ class Step:
 STEPS = (
     Step("model-eval", ("temperature_sweep.json", "reference_model.json", "reference_model_probe.json"), 31),
     Step("bench-inference", ("inference.json",), 6),
-    Step("bench-latency", ("latency_table.json",), 25),
+    Step("bench-latency", ("latency_table.json",), 5),
     Step("bench-loop", ("voice_loop.json",), 16),
     Step("seed-variants", tuple(f"csm_{v}.safetensors" for v in VARIANTS), 30),
     Step("bench-quality", ("quality_table.json",), 90),
-    Step("bench-pronunciation", ("pronunciation.json",), 15),
+    Step("bench-pronunciation", ("pronunciation.json",), 2),
     Step("bench-serve", ("serving.json",), 2),
     Step("bench-finetune", ("finetune.json",), 30),
 )
