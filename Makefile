@@ -323,7 +323,7 @@ bench-quality: setup flite
 
 ## bench-pronunciation: chapter 10's homograph and pronunciation-continuation checks (csm_lib/judges/pronunciation.py) ->
 ## results/pronunciation.json: the forced-choice judge validated on flite, then flite and the reference CSM (2 seeds);
-## about 15 min on 2 cores
+## about 2 min on 2 cores
 bench-pronunciation: setup flite
 	CSM_PROGRESS=0 OMP_NUM_THREADS=2 $(PY) -m csm_lib.judges.pronunciation
 
@@ -355,8 +355,8 @@ results-other: corpus-bench judges-baseline codec-eval bench parity
 ## workbook: execute every notebook in order, headless, in place (cwd = notebooks/).
 ## CSM_PROGRESS=0 so the saved outputs carry no progress bars, matching what `make test` (nbval) produces.
 workbook: setup
-	@shopt -s nullglob; nbs=(notebooks/[0-9][0-9]_*.ipynb); \
-	if [ $${#nbs[@]} -eq 0 ]; then echo "no notebooks/[0-9][0-9]_*.ipynb found" >&2; exit 1; fi; \
+	@shopt -s nullglob; nbs=(notebooks/[0-9][0-9]*_*.ipynb); \
+	if [ $${#nbs[@]} -eq 0 ]; then echo "no notebooks/[0-9][0-9]*_*.ipynb found" >&2; exit 1; fi; \
 	for nb in $$(printf '%s\n' "$${nbs[@]}" | LC_ALL=C sort); do \
 	  echo "== executing $$nb"; \
 	  CSM_PROGRESS=0 $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
