@@ -11,7 +11,7 @@ import torch
 
 from csm_lib import checkpoint, finetune
 from csm_lib import voice_folder as V
-from csm_lib.generate import REFERENCE_MODEL, load_generator
+from csm_lib.generate import REFERENCE_MODEL, REFERENCE_TEMPERATURE, load_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ["The cat sat on the mat.", "A bird in the hand is worth two in the bush.",
@@ -42,7 +42,7 @@ def test_full_finetune_writes_a_model_load_generator_loads(folder, tmp_path):
     assert meta["finetune_data"]["clips"] == 8 and meta["finetune_data"]["valid_clips"] == 2
     assert [int(r["step"]) for r in meta["history"]] == [0, 1, 2]
     gen = load_generator(path)
-    assert gen.temperature == 0.5  # the base model's chosen temperature, from the sidecar
+    assert gen.temperature == REFERENCE_TEMPERATURE  # the base model's chosen temperature, from the sidecar
     wav = gen.generate("Good morning.", speaker=2, context=[], max_audio_length_ms=400)
     assert wav.dim() == 1
     ref, _ = checkpoint.load(REFERENCE_MODEL)
